@@ -1,0 +1,28 @@
+"""`python -m pipeline.blend [key=value ...]`: weighted average of prediction files -> submission CSV.
+
+See conf/blend.yaml for the options.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+
+from pipeline.config import register_configs
+from pipeline.errors import exit_on_error
+
+register_configs()
+log = logging.getLogger(__name__)
+
+
+@hydra.main(config_path="../conf", config_name="blend", version_base="1.3")
+@exit_on_error
+def main(cfg) -> None:
+    from pipeline.blending import blend, blend_table
+
+    log.info("\n%s", blend_table(blend(cfg)))
+
+
+if __name__ == "__main__":
+    main()

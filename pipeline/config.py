@@ -1,0 +1,123 @@
+"""The config schema: the only place where option types and defaults are declared.
+
+The YAML files in `conf/` document each option for users; these dataclasses make Hydra
+reject a mistyped key or a wrong type at start-up, before any data is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ResizeMethod(str, Enum):
+    squish = "squish"
+    crop = "crop"
+    pad = "pad"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class PathsConfig:
+    outputs: str = "outputs"
+    preds: str = "${paths.outputs}/preds"
+    submissions: str = "${paths.outputs}/submissions"
+    weights: str = "${paths.outputs}/weights"
+    data: str = "${paths.outputs}/data"
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = MISSING
+    competition: str = "paddy-disease-classification"
+    valid_pct: float = 0.2
+    seed: int | None = None
+    num_workers: int | None = None
+    test_labels: str | None = None
+
+
+@dataclass
+class VariantConfig:
+    resize: ResizeMethod = ResizeMethod.crop
+    item_size: list[int] = MISSING
+    size: list[int] = MISSING
+    min_scale: float = 0.75
+    name: str | None = None
+    accum: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    weight: float = 1.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    arch: str = MISSING
+    pretrained: bool = True
+    weights: str | None = None
+    accum: int = 1
+    epochs: int = 12
+    lr: float = 0.01
+    batch_size: int = 64
+    variants: list[VariantConfig] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int | None = None
+    lr: float | None = None
+    accum: int | None = None
+    device: Device = Device.auto
+
+
+@dataclass
+class TTAConfig:
+    n: int = 4
+    beta: float = 0.25
+
+
+@dataclass
+class TrainAppConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = MISSING
+    model: ModelConfig | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tta: TTAConfig = field(default_factory=TTAConfig)
+
+
+@dataclass
+class BlendConfig:
+    runs: list[str] = field(default_factory=list)
+    weights: dict[str, float] = field(default_factory=dict)
+    output: str = "${paths.submissions}/submission.csv"
+
+
+@dataclass
+class BlendAppConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = MISSING
+    blend: BlendConfig = field(default_factory=BlendConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainAppConfig)
+    cs.store(name="blend_schema", node=BlendAppConfig)
+
+
+def to_container(cfg: Any) -> dict:
+    """The resolved config as plain data (str, numbers, lists, dicts), safe to store anywhere."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

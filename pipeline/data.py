@@ -1,0 +1,141 @@
+"""The competition layout: scan and check a data folder, then build fastai DataLoaders from it.
+
+Layout (as Kaggle's Paddy Doctor ships it):
+    train_images/<label>/<image_id>.jpg
+    test_images/<image_id>.jpg
+    sample_submission.csv     image_id,label   (one row per test image; its order is the submission's)
+    train.csv                 optional metadata, not needed for training
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from pipeline.errors import PipelineError
+from pipeline.submission import read_sample_submission
+
+if TYPE_CHECKING:
+    from fastai.data.core import DataLoaders
+
+    from pipeline.runs import RunSpec
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Competition:
+    root: Path
+    vocab: list[str]
+    train_files: list[Path]
+    test_files: list[Path]  # in sample_submission.csv's row order
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def test_ids(self) -> list[str]:
+        return [f.name for f in self.test_files]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def image_problem(path: Path) -> str | None:
+    """Why `path` cannot be decoded, or None. JPEGs are decoded at 1/8 scale (about 1 ms each),
+    which still reads every byte of the file and so catches truncation."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (1, 1))
+            im.load()
+    except Exception as e:  # PIL raises many types for bad files; all mean "unreadable"
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def scan_competition(root: str | Path) -> Competition:
+    """Find and check every file training and prediction will need, before anything is trained.
+
+    Unreadable training images are skipped with a warning naming each; an unreadable test image
+    stops the scan, since every test row needs a prediction.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise PipelineError(f"data folder {root} does not exist: set data.root to a competition folder")
+    train_dir, test_dir = root / "train_images", root / "test_images"
+    for d in (train_dir, test_dir):
+        if not d.is_dir():
+            raise PipelineError(f"{d} is missing: data.root must hold train_images/<label>/ and test_images/")
+    label_dirs = sorted(p for p in train_dir.iterdir() if p.is_dir())
+    if not label_dirs:
+        raise PipelineError(f"{train_dir} has no label folders: expected train_images/<label>/<image>.jpg")
+    train_files = []
+    for d in label_dirs:
+        files = _images(d)
+        if not files:
+            raise PipelineError(f"label folder {d} has no images: add its images or remove the folder")
+        train_files += files
+
+    sample = read_sample_submission(root / "sample_submission.csv")
+    test_by_name = {p.name: p for p in _images(test_dir)}
+    missing = [i for i in sample.image_id if i not in test_by_name]
+    if missing:
+        raise PipelineError(
+            f"sample_submission.csv lists {len(missing)} image(s) not in {test_dir} (e.g. {missing[0]}): "
+            "the sample submission does not match the test images"
+        )
+    extra = len(test_by_name) - len(sample)
+    if extra:
+        log.warning("%d file(s) in %s are not in sample_submission.csv: not predicted", extra, test_dir)
+    test_files = [test_by_name[i] for i in sample.image_id]
+
+    bad_test = [(p, r) for p in test_files if (r := image_problem(p))]
+    if bad_test:
+        listing = "; ".join(f"{p} ({r})" for p, r in bad_test[:5])
+        raise PipelineError(f"{len(bad_test)} unreadable test image(s), replace them: {listing}")
+    skipped = [(p, r) for p in train_files if (r := image_problem(p))]
+    for p, r in skipped:
+        log.warning("skipping unreadable training image %s (%s)", p, r)
+    bad = {p for p, _ in skipped}
+    train_files = [p for p in train_files if p not in bad]
+    vocab = sorted({p.parent.name for p in train_files})
+    if len(vocab) < len(label_dirs):
+        raise PipelineError(f"after skipping unreadable images, some label folders in {train_dir} are empty")
+    return Competition(root, vocab, train_files, test_files, skipped)
+
+
+def make_dataloaders(
+    comp: Competition,
+    run: RunSpec,
+    *,
+    valid_pct: float,
+    seed: int | None,
+    num_workers: int | None,
+    device: str,
+) -> DataLoaders:
+    """fastai DataLoaders over the training images, split at random into train and valid.
+
+    Batches hold the run's micro-batch; GradientAccumulation makes `run.batch_size` one step."""
+    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, RandomSplitter, parent_label
+
+    from pipeline.transforms import batch_tfms, item_tfms
+
+    n_train = round(len(comp.train_files) * (1 - valid_pct))
+    if n_train < run.batch_size:
+        raise PipelineError(
+            f"{n_train} training images are fewer than one batch of {run.batch_size}: lower model.batch_size"
+        )
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=comp.vocab)),
+        splitter=RandomSplitter(valid_pct, seed=seed),
+        get_y=parent_label,
+        item_tfms=item_tfms(run),
+        batch_tfms=batch_tfms(run),
+    )
+    kwargs = {} if num_workers is None else {"num_workers": num_workers}
+    return block.dataloaders(comp.train_files, bs=run.micro_batch, device=device, **kwargs)

@@ -1,0 +1,57 @@
+"""Build a fastai Learner for a run and fit it: timm body, gradient accumulation, fp16 on CUDA only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import PipelineError
+from pipeline.runs import RunSpec
+
+if TYPE_CHECKING:
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+
+
+def pick_device(choice: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    import torch
+
+    choice = getattr(choice, "value", choice)
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("train.device=cuda but no CUDA GPU is visible: use train.device=auto or cpu")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def build_learner(dls: DataLoaders, run: RunSpec, device: str, timm_kwargs: dict[str, Any]) -> Learner:
+    """vision_learner on the timm architecture; GradientAccumulation counts samples, so the optimizer
+    steps once per `run.batch_size` images whatever the micro-batch is."""
+    from fastai.callback.training import GradientAccumulation
+    from fastai.metrics import error_rate
+    from fastai.vision.learner import vision_learner
+
+    learn = vision_learner(
+        dls,
+        run.arch,
+        pretrained=run.pretrained,
+        metrics=error_rate,
+        cbs=GradientAccumulation(run.batch_size),
+        **timm_kwargs,
+    )
+    # Mixed precision only where it pays and is supported without warnings: CUDA.
+    return learn.to_fp16() if device == "cuda" else learn
+
+
+def fit(learn: Learner, run: RunSpec) -> None:
+    """fine_tune from pretrained weights (as the reference recipe); a one-cycle fit from scratch."""
+    if run.pretrained:
+        learn.fine_tune(run.epochs, run.lr)
+    else:
+        learn.fit_one_cycle(run.epochs, run.lr)
+
+
+def last_valid_error(learn: Learner) -> float:
+    """error_rate of the last epoch, as the recorder logged it (read before tta, which clears it)."""
+    names = [n for n in learn.recorder.metric_names if n not in ("epoch", "time")]
+    return float(learn.recorder.values[-1][names.index("error_rate")])

@@ -1,0 +1,96 @@
+"""The prediction file: the contract between training and blending.
+
+One file per run, holding everything blending needs (probabilities, image ids, vocab, the run's
+config), so blending never needs the data or the model. Only tensors and plain data are stored,
+and files are read with `torch.load(weights_only=True)`: a shared prediction file cannot run code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_path
+
+FORMAT = "paddy-pipeline/predictions"
+VERSION = 1
+
+
+@dataclass
+class Predictions:
+    run: str
+    arch: str
+    vocab: list[str]
+    test_ids: list[str]
+    test_probs: torch.Tensor  # (n_test, n_classes) float32 softmax probabilities, TTA
+    valid_ids: list[str]
+    valid_probs: torch.Tensor  # (n_valid, n_classes), TTA
+    valid_targets: torch.Tensor  # (n_valid,) int64 indices into vocab
+    weight: float = 1.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    run_spec: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    device: str = ""
+    path: Path | None = None  # where it was loaded from; not stored
+
+    def check(self, where: str) -> None:
+        """Shapes and types agree with each other; raises PipelineError naming `where`."""
+        n_classes = len(self.vocab)
+        problems = []
+        if self.test_probs.dtype != torch.float32 or self.valid_probs.dtype != torch.float32:
+            problems.append("probabilities are not float32")
+        for name, probs, ids in (("test", self.test_probs, self.test_ids), ("valid", self.valid_probs, self.valid_ids)):
+            if tuple(probs.shape) != (len(ids), n_classes):
+                problems.append(f"{name}_probs is {tuple(probs.shape)}, expected ({len(ids)}, {n_classes})")
+        if tuple(self.valid_targets.shape) != (len(self.valid_ids),):
+            problems.append("valid_targets does not match valid_ids")
+        if len(set(self.test_ids)) != len(self.test_ids):
+            problems.append("test_ids repeat")
+        if problems:
+            raise PipelineError(f"prediction file {where} is inconsistent: {'; '.join(problems)}")
+
+    @property
+    def valid_accuracy(self) -> float:
+        return float((self.valid_probs.argmax(1) == self.valid_targets).float().mean())
+
+
+def save(preds: Predictions, path: str | Path) -> Path:
+    """Write atomically: an interrupted save never leaves a partial file at `path`."""
+    path = Path(path)
+    preds.check(str(path))
+    record = {k: v for k, v in asdict(preds).items() if k != "path"}
+    record.update(format=FORMAT, version=VERSION)
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
+    return path
+
+
+def load(path: str | Path) -> Predictions:
+    """Read a prediction file without unpickling arbitrary objects, and check it."""
+    path = Path(path)
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise PipelineError(
+            f"{path} holds objects other than tensors and plain data; refusing to load it ({str(e).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise PipelineError(f"{path} is not a readable prediction file: {str(e).splitlines()[0]}") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise PipelineError(f"{path} is not a prediction file of this pipeline")
+    if record.get("version") != VERSION:
+        raise PipelineError(f"{path} has format version {record.get('version')}; this pipeline reads {VERSION}")
+    fields = {k: record[k] for k in Predictions.__dataclass_fields__ if k in record}
+    try:
+        preds = Predictions(**fields, path=path)
+    except TypeError as e:
+        raise PipelineError(f"prediction file {path} is incomplete: {e}") from None
+    preds.check(str(path))
+    return preds

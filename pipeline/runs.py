@@ -1,0 +1,89 @@
+"""Expand a model config into its runs, one per variant, with every setting resolved.
+
+Precedence for accum, epochs and lr: `train.*` on the command line, then the variant, then the
+model file. batch_size: the variant, then the model file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+RESIZE_METHODS = ("squish", "crop", "pad")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    model: str
+    arch: str
+    pretrained: bool
+    weights: str | None
+    resize: str
+    item_size: tuple[int, ...]
+    size: tuple[int, ...]
+    min_scale: float
+    accum: int
+    epochs: int
+    lr: float
+    batch_size: int
+    weight: float
+
+    @property
+    def micro_batch(self) -> int:
+        return self.batch_size // self.accum
+
+
+def variant_name(resize: str, item_size: tuple[int, ...], size: tuple[int, ...]) -> str:
+    """squish, (480,), (224,) -> 'squish480_224'; crop, (640, 480), (320, 224) -> 'crop640x480_320x224'."""
+    return f"{resize}{'x'.join(map(str, item_size))}_{'x'.join(map(str, size))}"
+
+
+def _size(value: Any, what: str) -> tuple[int, ...]:
+    size = tuple(int(v) for v in value)
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise PipelineError(f"{what} must be [n] or [height, width] with positive numbers, got {list(value)}")
+    return size
+
+
+def resolve_runs(cfg: Any) -> list[RunSpec]:
+    """The runs of `cfg.model`, checked: fails with one line on a missing model or variant list."""
+    model = cfg.get("model")
+    if model is None:
+        raise PipelineError("no model chosen: add +model=NAME (a file in conf/model/, e.g. +model=vit_large)")
+    if not model.variants:
+        raise PipelineError(f"model {model.name} has no variants: list at least one under variants:")
+    runs = []
+    for i, v in enumerate(model.variants):
+        where = f"model {model.name} variant {i}"
+        resize = getattr(v.resize, "value", v.resize)
+        item_size, size = _size(v.item_size, f"{where} item_size"), _size(v.size, f"{where} size")
+        accum = cfg.train.accum or v.accum or model.accum
+        batch_size = v.batch_size or model.batch_size
+        if accum < 1 or batch_size % accum:
+            raise PipelineError(f"{where}: batch_size {batch_size} is not divisible by accum {accum}")
+        name = f"{model.name}_{v.name or variant_name(resize, item_size, size)}"
+        runs.append(
+            RunSpec(
+                name=name,
+                model=model.name,
+                arch=model.arch,
+                pretrained=model.pretrained,
+                weights=model.weights,
+                resize=resize,
+                item_size=item_size,
+                size=size,
+                min_scale=v.min_scale,
+                accum=accum,
+                epochs=cfg.train.epochs or v.epochs or model.epochs,
+                lr=cfg.train.lr or v.lr or model.lr,
+                batch_size=batch_size,
+                weight=v.weight,
+            )
+        )
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):
+        raise PipelineError(f"model {model.name} has two variants named alike ({names}): give them names")
+    return runs
