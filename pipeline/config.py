@@ -110,10 +110,25 @@ class BlendAppConfig:
     blend: BlendConfig = field(default_factory=BlendConfig)
 
 
+@dataclass
+class DemoConfig:
+    source: str = "/usr/share/datasets/fashion-mnist"
+    train_per_class: int = 150
+    test_per_class: int = 50
+    seed: int = 0
+
+
+@dataclass
+class PrepareDemoAppConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="blend_schema", node=BlendAppConfig)
+    cs.store(name="prepare_demo_schema", node=PrepareDemoAppConfig)
 
 
 def to_container(cfg: Any) -> dict:
