@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fastcore.transform import Transform
+    from fasttransform import Transform
 
     from pipeline.runs import RunSpec
 

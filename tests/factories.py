@@ -1,0 +1,23 @@
+"""Hand-made prediction records with known contents."""
+
+import torch
+
+from pipeline.predictions import Predictions
+
+
+def make_preds(run="r1", test_ids=("a.jpg", "b.jpg", "c.jpg"), vocab=("cat", "dog"), seed=0, **kw) -> Predictions:
+    g = torch.Generator().manual_seed(seed)
+    fields = dict(
+        run=run,
+        arch="tf_efficientnet_lite0",
+        vocab=list(vocab),
+        test_ids=list(test_ids),
+        test_probs=torch.rand(len(test_ids), len(vocab), generator=g).softmax(1),
+        valid_ids=["cat/v1.jpg", "dog/v2.jpg"],
+        valid_probs=torch.tensor([[0.9, 0.1], [0.3, 0.7]]),
+        valid_targets=torch.tensor([0, 1]),
+        metrics={"valid_error": 0.5},
+        config={"model": {"name": "m", "variants": [{"size": [224]}]}, "data": {"seed": None}},
+    )
+    fields.update(kw)
+    return Predictions(**fields)

@@ -1,0 +1,140 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import predictions
+from pipeline.blending import aligned, blend, select_files, weighted_mean
+from pipeline.errors import PipelineError
+from tests.conftest import compose
+from tests.factories import make_preds
+
+IDS = ["a.jpg", "b.jpg", "c.jpg"]
+
+
+@pytest.fixture
+def comp_root(tmp_path):
+    """A competition folder with just what blending reads: a sample submission in non-sorted order."""
+    root = tmp_path / "comp"
+    root.mkdir()
+    pd.DataFrame({"image_id": ["c.jpg", "a.jpg", "b.jpg"], "label": ""}).to_csv(
+        root / "sample_submission.csv", index=False
+    )
+    return root
+
+
+def blend_cfg(tmp_path, comp_root, *extra):
+    return compose(
+        "blend",
+        [f"data.root={comp_root}", f"paths.preds={tmp_path / 'preds'}", f"blend.output={tmp_path / 'sub.csv'}", *extra],
+    )
+
+
+def save(tmp_path, preds):
+    return predictions.save(preds, tmp_path / "preds" / f"{preds.run}.pt")
+
+
+def test_weighted_mean_known_answer():
+    stack = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
+    assert weighted_mean(stack, np.array([3.0, 1.0])).tolist() == [[0.75, 0.25]]
+    assert weighted_mean(stack, np.array([1.0, 1.0])).tolist() == [[0.5, 0.5]]
+
+
+def test_alignment_is_by_id_not_position():
+    probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.6, 0.4]])
+    out = aligned(probs[::-1], IDS[::-1], IDS)
+    assert np.array_equal(out, probs)
+
+
+def test_blend_writes_sample_order_with_weights(tmp_path, comp_root):
+    # run x says cat everywhere, run y says dog everywhere but is given rows in another order;
+    # with weights 1 and 3 the blend must follow y, except where x is certain and y is not.
+    x = make_preds("x", test_probs=torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.99, 0.01]]), weight=1.0)
+    y = make_preds("y", test_ids=IDS[::-1], test_probs=torch.tensor([[0.45, 0.55], [0.3, 0.7], [0.3, 0.7]]))
+    save(tmp_path, x), save(tmp_path, y)
+    result = blend(blend_cfg(tmp_path, comp_root, "+blend.weights.y=3"))
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert list(sub.columns) == ["image_id", "label"]
+    assert list(sub.image_id) == ["c.jpg", "a.jpg", "b.jpg"]
+    # c: 0.25*0.99 + 0.75*0.45 = 0.585 cat; a: 0.25*0.9 + 0.75*0.3 = 0.45 cat -> dog; b likewise dog
+    assert list(sub.label) == ["cat", "dog", "dog"]
+    assert result.weights.tolist() == [1.0, 3.0]
+    record = json.loads((tmp_path / "sub.csv.json").read_text())
+    assert [(r["run"], r["weight"]) for r in record["runs"]] == [("x", 1.0), ("y", 3.0)]
+
+
+def test_run_weight_comes_from_training_config_by_default(tmp_path, comp_root):
+    save(tmp_path, make_preds("vit", weight=2.0)), save(tmp_path, make_preds("convnext", seed=1))
+    result = blend(blend_cfg(tmp_path, comp_root))
+    weights = dict(zip([r.run for r in result.runs], result.weights.tolist(), strict=True))
+    assert weights == {"vit": 2.0, "convnext": 1.0}
+
+
+def test_runs_selected_by_glob(tmp_path, comp_root):
+    for name in ("vit_a", "vit_b", "swin_a"):
+        save(tmp_path, make_preds(name))
+    cfg = blend_cfg(tmp_path, comp_root, "blend.runs=[vit_*]")
+    assert [p.stem for p in select_files(cfg.paths.preds, list(cfg.blend.runs))] == ["vit_a", "vit_b"]
+    with pytest.raises(PipelineError, match="'conv\\*' matches no prediction file"):
+        blend(blend_cfg(tmp_path, comp_root, "blend.runs=[conv*]"))
+
+
+def test_no_prediction_files(tmp_path, comp_root):
+    with pytest.raises(PipelineError, match="no prediction files in .*: train first"):
+        blend(blend_cfg(tmp_path, comp_root))
+
+
+def test_runs_disagreeing_on_vocab_are_refused_by_name(tmp_path, comp_root):
+    save(tmp_path, make_preds("a"))
+    save(tmp_path, make_preds("b", vocab=("dog", "cat")))
+    with pytest.raises(PipelineError, match=r"b\.pt: its vocab \['dog', 'cat'\] differs"):
+        blend(blend_cfg(tmp_path, comp_root))
+
+
+def test_runs_disagreeing_on_test_ids_are_refused_by_name(tmp_path, comp_root):
+    save(tmp_path, make_preds("a"))
+    save(tmp_path, make_preds("b", test_ids=["a.jpg", "b.jpg", "z.jpg"]))
+    with pytest.raises(PipelineError, match=r"b\.pt: its test image ids differ"):
+        blend(blend_cfg(tmp_path, comp_root))
+
+
+def test_predictions_not_matching_the_sample_submission(tmp_path, comp_root):
+    save(tmp_path, make_preds("a", test_ids=["a.jpg", "b.jpg", "q.jpg"]))
+    with pytest.raises(PipelineError, match="test images differ from the rows of"):
+        blend(blend_cfg(tmp_path, comp_root))
+    assert not (tmp_path / "sub.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [("nope=2", r"names runs that are not blended: \['nope'\]"), ("a=-1", "must be non-negative")],
+)
+def test_bad_weights(tmp_path, comp_root, weights, message):
+    save(tmp_path, make_preds("a"))
+    with pytest.raises(PipelineError, match=message):
+        blend(blend_cfg(tmp_path, comp_root, f"+blend.weights.{weights}"))
+
+
+def test_blend_valid_accuracy_needs_a_shared_validation_set(tmp_path, comp_root):
+    save(tmp_path, make_preds("a"))
+    save(
+        tmp_path,
+        make_preds(
+            "b",
+            valid_ids=["dog/v2.jpg", "cat/v1.jpg"],
+            valid_probs=torch.tensor([[0.2, 0.8], [0.6, 0.4]]),
+            valid_targets=torch.tensor([1, 0]),
+        ),
+    )
+    assert blend(blend_cfg(tmp_path, comp_root)).blend_valid_acc == 1.0
+    save(tmp_path, make_preds("c", valid_ids=["cat/v9.jpg", "dog/v2.jpg"]))
+    assert blend(blend_cfg(tmp_path, comp_root)).blend_valid_acc is None
+
+
+def test_test_accuracy_against_true_labels(tmp_path, comp_root):
+    pd.DataFrame({"image_id": IDS, "label": ["dog", "dog", "cat"]}).to_csv(comp_root / "truth.csv", index=False)
+    save(tmp_path, make_preds("a", test_probs=torch.tensor([[0.1, 0.9], [0.9, 0.1], [0.9, 0.1]])))
+    result = blend(blend_cfg(tmp_path, comp_root, f"data.test_labels={comp_root / 'truth.csv'}"))
+    assert result.test_acc == pytest.approx(2 / 3)

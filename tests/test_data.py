@@ -1,0 +1,117 @@
+import logging
+import shutil
+
+import pandas as pd
+import pytest
+
+from pipeline.data import scan_competition
+from pipeline.errors import PipelineError
+
+PADDY_LABELS = [
+    "bacterial_leaf_blight",
+    "bacterial_leaf_streak",
+    "bacterial_panicle_blight",
+    "blast",
+    "brown_spot",
+    "dead_heart",
+    "downy_mildew",
+    "hispa",
+    "normal",
+    "tungro",
+]
+
+
+@pytest.fixture
+def paddy_copy(paddy_root, tmp_path):
+    """A throwaway copy of the paddy competition folder, for tests that damage it."""
+    return shutil.copytree(paddy_root, tmp_path / "paddy")
+
+
+def test_scan_real_paddy_photos(paddy_root):
+    comp = scan_competition(paddy_root)
+    assert comp.vocab == PADDY_LABELS
+    assert len(comp.train_files) == 30 and not comp.skipped
+    sample = pd.read_csv(paddy_root / "sample_submission.csv")
+    assert comp.test_ids == list(sample.image_id)  # the sample's order, not the folder's
+    assert comp.test_ids != sorted(comp.test_ids)
+
+
+def test_missing_data_folder(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist: set data.root"):
+        scan_competition(tmp_path / "absent")
+
+
+def test_missing_test_images_folder(paddy_copy):
+    shutil.rmtree(paddy_copy / "test_images")
+    with pytest.raises(PipelineError, match="test_images is missing"):
+        scan_competition(paddy_copy)
+
+
+def test_no_label_folders(paddy_copy):
+    shutil.rmtree(paddy_copy / "train_images")
+    (paddy_copy / "train_images").mkdir()
+    with pytest.raises(PipelineError, match="has no label folders"):
+        scan_competition(paddy_copy)
+
+
+def test_label_folder_without_images(paddy_copy):
+    (paddy_copy / "train_images" / "empty_label").mkdir()
+    with pytest.raises(PipelineError, match="empty_label has no images"):
+        scan_competition(paddy_copy)
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_training_image_is_skipped_with_a_warning(paddy_copy, caplog):
+    bad = next((paddy_copy / "train_images" / "blast").glob("*.jpg"))
+    _truncate(bad)
+    with caplog.at_level(logging.WARNING):
+        comp = scan_competition(paddy_copy)
+    assert bad not in comp.train_files and len(comp.train_files) == 29
+    assert [p for p, _ in comp.skipped] == [bad]
+    assert str(bad) in caplog.text and "truncated" in caplog.text
+
+
+def test_corrupt_test_image_stops_the_scan(paddy_copy):
+    bad = paddy_copy / "test_images" / "200003.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    with pytest.raises(PipelineError, match=r"1 unreadable test image\(s\), replace them: .*200003.jpg"):
+        scan_competition(paddy_copy)
+
+
+def test_sample_submission_listing_missing_test_images(paddy_copy):
+    (paddy_copy / "test_images" / "200002.jpg").unlink()
+    with pytest.raises(PipelineError, match="lists 1 image.* not in .*does not match the test images"):
+        scan_competition(paddy_copy)
+
+
+def test_sample_submission_with_wrong_columns(paddy_copy):
+    pd.DataFrame({"id": ["200001.jpg"], "label": [""]}).to_csv(paddy_copy / "sample_submission.csv", index=False)
+    with pytest.raises(PipelineError, match=r"has columns \['id', 'label'\]; expected \['image_id', 'label'\]"):
+        scan_competition(paddy_copy)
+
+
+def test_missing_sample_submission(paddy_copy):
+    (paddy_copy / "sample_submission.csv").unlink()
+    with pytest.raises(PipelineError, match="sample submission .* not found"):
+        scan_competition(paddy_copy)
+
+
+def test_extra_test_images_are_ignored_with_a_warning(paddy_copy, caplog):
+    shutil.copy(paddy_copy / "test_images" / "200001.jpg", paddy_copy / "test_images" / "299999.jpg")
+    with caplog.at_level(logging.WARNING):
+        comp = scan_competition(paddy_copy)
+    assert "299999.jpg" not in comp.test_ids and len(comp.test_ids) == 10
+    assert "1 file(s)" in caplog.text
+
+
+def test_demo_layout(demo_root):
+    comp = scan_competition(demo_root)
+    assert len(comp.vocab) == 10 and len(comp.train_files) == 200 and len(comp.test_files) == 40
+    truth = pd.read_csv(demo_root / "test_labels.csv")
+    assert list(truth.image_id) == comp.test_ids  # truth rows follow the sample's shuffled order
+    assert set(truth.label) == set(comp.vocab)
+    assert comp.test_ids != sorted(comp.test_ids)

@@ -1,0 +1,78 @@
+"""Real training on real images: tiny runs of tf_efficientnet_lite0 with its real ImageNet weights."""
+
+import logging
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import predictions
+from pipeline.errors import PipelineError
+from pipeline.training import train_model
+from tests.conftest import REPO, compose, tiny_run_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_one_run_on_the_demo_data(demo_root, weights_dir, tmp_path, caplog):
+    cfg = compose("config", [*tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds"), "data.seed=1"])
+    with caplog.at_level(logging.INFO):
+        (result,) = train_model(cfg)
+    assert result.path == tmp_path / "preds" / "tiny_squish32_32.pt"
+    raw = torch.load(result.path, weights_only=True)
+    preds = predictions.load(result.path)
+    sample = pd.read_csv(demo_root / "sample_submission.csv")
+    assert preds.test_ids == list(sample.image_id) and raw["test_ids"] == preds.test_ids
+    assert preds.test_probs.shape == (40, 10) and preds.valid_probs.shape == (40, 10)
+    torch.testing.assert_close(preds.test_probs.sum(1), torch.ones(40))  # softmax probabilities
+    assert len(set(preds.valid_ids)) == 40 and all("/" in i for i in preds.valid_ids)
+    assert preds.vocab == sorted(p.name for p in (demo_root / "train_images").iterdir())
+    assert 0 <= preds.metrics["valid_error"] <= 1 and 0 <= preds.metrics["valid_error_tta"] <= 1
+    assert preds.metrics["valid_error_tta"] == pytest.approx(1 - preds.valid_accuracy)
+    assert preds.run_spec["accum"] == 2 and preds.run_spec["epochs"] == 1
+    assert preds.config["data"]["root"] == str(demo_root) and preds.device == "cpu"
+    assert preds.timings["fit_s"] > 0 and preds.timings["tta_s"] > 0
+    # pretrained features beat chance (10%) on real images even after this tiny fit
+    assert preds.valid_accuracy > 0.2
+    assert "valid err TTA" in caplog.text and "tiny_squish32_32" in caplog.text
+
+
+def test_too_few_images_for_one_batch_is_a_clear_error(demo_root, weights_dir, tmp_path):
+    cfg = compose("config", [*tiny_run_overrides(demo_root, weights_dir, tmp_path), "model.batch_size=256"])
+    with pytest.raises(PipelineError, match="160 training images are fewer than one batch of 256"):
+        train_model(cfg)
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_trains_two_runs_on_real_paddy_photos_and_blends_them(paddy_root, weights_dir, tmp_path):
+    preds_dir, output = tmp_path / "preds", tmp_path / "sub" / "submission.csv"
+    common = [*tiny_run_overrides(paddy_root, weights_dir, preds_dir), f"paths.outputs={tmp_path / 'outputs'}"]
+    two_variants = (
+        "model.variants=[{resize: squish, item_size: [32], size: [32]}, {resize: pad, item_size: [40], size: [32]}]"
+    )
+    train = _run("pipeline.train", *common, two_variants)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "tiny_squish32_32" in train.stdout and "tiny_pad40_32" in train.stdout and "valid err TTA" in train.stdout
+    assert sorted(p.name for p in preds_dir.iterdir()) == ["tiny_pad40_32.pt", "tiny_squish32_32.pt"]
+
+    blend = _run(
+        "pipeline.blend",
+        f"data.root={paddy_root}",
+        f"paths.preds={preds_dir}",
+        f"blend.output={output}",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        "+blend.weights.tiny_pad40_32=2",
+    )
+    assert blend.returncode == 0, blend.stderr[-3000:]
+    sub, sample = pd.read_csv(output), pd.read_csv(paddy_root / "sample_submission.csv")
+    assert list(sub.columns) == ["image_id", "label"]
+    assert list(sub.image_id) == list(sample.image_id)
+    assert set(sub.label) <= {p.name for p in (paddy_root / "train_images").iterdir()}
+    assert "BLEND" in blend.stdout and f"submission: {output}" in blend.stdout
+    # each job's config and log are kept with its outputs
+    assert list((tmp_path / "outputs" / "runs" / "train").glob("*/.hydra/config.yaml"))
