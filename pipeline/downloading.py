@@ -57,6 +57,8 @@ def download(cfg: Any) -> DownloadResult:
     slug, force = cfg.data.competition, cfg.download.force
     root = Path(cfg.data.root)
     zip_path = Path(cfg.download.zip_dir or root.parent) / f"{slug}.zip"
+    if zip_path.resolve().is_relative_to(root.resolve()):  # unpacking replaces data.root, the zip with it
+        raise PipelineError(f"download.zip_dir {zip_path.parent} is inside data.root {root}: choose a folder outside")
     unpacked_from = _read_marker(root)
     if unpacked_from is None and root.exists() and any(root.iterdir()):
         raise PipelineError(

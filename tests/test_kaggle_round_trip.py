@@ -192,6 +192,8 @@ def test_download_clears_an_interrupted_unpack_and_refuses_foreign_files(stand_i
     with pytest.raises(PipelineError, match="did not unpack: move them away"):
         download(download_cfg(tmp_path, f"data.root={foreign}"))
     assert (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(PipelineError, match=r"is inside data\.root"):
+        download(download_cfg(tmp_path, f"download.zip_dir={data / COMPETITION / 'zips'}"))
 
 
 def test_download_retries_server_errors_then_succeeds(stand_in, tmp_path):
