@@ -125,6 +125,7 @@ def write_record(result: BlendResult) -> Path:
             {"run": r.run, "file": str(r.path), "weight": float(w), "valid_accuracy": acc}
             for r, w, acc in zip(result.runs, result.weights, result.run_valid_acc, strict=True)
         ],
+        "vocab": result.runs[0].vocab,  # lets pipeline.submit check labels without the training images
         "blend_valid_accuracy": result.blend_valid_acc,
         "test_accuracy": result.test_acc,
     }

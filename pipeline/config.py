@@ -129,6 +129,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="blend_schema", node=BlendAppConfig)
     cs.store(name="prepare_demo_schema", node=PrepareDemoAppConfig)
+    register_kaggle_configs(cs)
 
 
 def to_container(cfg: Any) -> dict:
@@ -136,3 +137,54 @@ def to_container(cfg: Any) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+# --- Kaggle round trip: pipeline.download and pipeline.submit (conf/download.yaml, conf/submit.yaml) ---
+
+
+@dataclass
+class KaggleConfig:
+    attempts: int = 4
+    backoff_s: float = 2.0
+    max_backoff_s: float = 60.0
+
+
+@dataclass
+class DownloadConfig:
+    zip_dir: str | None = None
+    force: bool = False
+
+
+@dataclass
+class DownloadAppConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = MISSING
+    kaggle: KaggleConfig = field(default_factory=KaggleConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+
+
+@dataclass
+class SubmitConfig:
+    file: str = "${blend.output}"
+    message: str | None = None
+    force: bool = False
+    dry_run: bool = False
+    list: bool = False
+    timeout_s: float = 600.0
+    poll_s: float = 10.0
+    log: str = "${paths.outputs}/kaggle_submissions.csv"
+
+
+@dataclass
+class SubmitAppConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = MISSING
+    # Only for blend.output, the default of submit.file: one source of truth for where blends go.
+    blend: BlendConfig = field(default_factory=BlendConfig)
+    kaggle: KaggleConfig = field(default_factory=KaggleConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+
+
+def register_kaggle_configs(cs: ConfigStore) -> None:
+    cs.store(name="download_schema", node=DownloadAppConfig)
+    cs.store(name="submit_schema", node=SubmitAppConfig)
