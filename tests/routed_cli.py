@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's `pipeline`, not an installed one
 
-from kaggle_stand_in import route_kaggle_api  # tests/ is sys.path[0] when run as a script
+from tests.kaggle_stand_in import route_kaggle_api
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
-from kaggle_stand_in import KaggleStandIn, route_kaggle_api
 
 from pipeline import submissions_log
 from pipeline.config import register_configs
@@ -27,6 +26,7 @@ from pipeline.demo_data import build_demo
 from pipeline.downloading import MARKER, download
 from pipeline.errors import PipelineError
 from pipeline.submitting import log_table, submit
+from tests.kaggle_stand_in import KaggleStandIn, route_kaggle_api
 
 REPO = Path(__file__).resolve().parents[1]
 COMPETITION = "paddy-disease-classification"

@@ -13,7 +13,8 @@ import zipfile
 
 import pytest
 import requests
-from kaggle_stand_in import (
+
+from tests.kaggle_stand_in import (
     RULES_NOT_ACCEPTED,
     UPLOAD_FAILED_MESSAGE,
     KaggleStandIn,
