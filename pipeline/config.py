@@ -7,20 +7,20 @@ reject a mistyped key or a wrong type at start-up, before any data is read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
-class ResizeMethod(str, Enum):
+class ResizeMethod(StrEnum):
     squish = "squish"
     crop = "crop"
     pad = "pad"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +95,7 @@ def submit(cfg: Any) -> SubmitResult:
         return SubmitResult(csv, sha256, message, None, "dry run", "")
 
     ref = str(upload(api, csv, message, slug, known, cfg.kaggle))
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     row = {"time": now, "competition": slug, "file": str(csv), "sha256": sha256, "message": message}
     submissions_log.append(s.log, {**row, "runs": runs, "ref": ref, "status": "pending", "public_score": ""})
     log.info("submitted %s to %s (ref %s); waiting for its score", csv, slug, ref)

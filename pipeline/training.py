@@ -6,7 +6,7 @@ import gc
 import logging
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ def train_run(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwarg
         timings={"fit_s": fit_s, "tta_s": tta_s},
         run_spec=asdict(run),
         config=to_container(cfg),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         device=device,
     )
 

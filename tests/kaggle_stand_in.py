@@ -97,7 +97,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -282,7 +282,7 @@ class KaggleStandIn:
                     file_name=self._upload_names[token],
                     content=self.uploads[token],
                     description=body.get("submissionDescription", ""),
-                    date=datetime.now(timezone.utc).replace(tzinfo=None),
+                    date=datetime.now(UTC).replace(tzinfo=None),
                 )
                 self.submissions.append(sub)
             return 200, {"message": f"Successfully submitted to {self.competition}", "ref": sub.ref}
