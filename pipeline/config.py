@@ -33,6 +33,7 @@ class PathsConfig:
     submissions: str = "${paths.outputs}/submissions"
     weights: str = "${paths.outputs}/weights"
     data: str = "${paths.outputs}/data"
+    checkpoints: str = "${paths.outputs}/checkpoints"
 
 
 @dataclass
@@ -79,6 +80,10 @@ class TrainConfig:
     lr: float | None = None
     accum: int | None = None
     device: Device = Device.auto
+    force: bool = False
+    checkpoint: bool = True
+    oom_retries: int = 3
+    callbacks: list[Any] = field(default_factory=list)
 
 
 @dataclass

@@ -8,23 +8,42 @@ from pipeline.errors import PipelineError
 from pipeline.runs import RunSpec
 
 if TYPE_CHECKING:
+    from fastai.callback.core import Callback
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
 
 
 def pick_device(choice: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
     import torch
 
-    choice = getattr(choice, "value", choice)
     if choice == "cuda" and not torch.cuda.is_available():
         raise PipelineError("train.device=cuda but no CUDA GPU is visible: use train.device=auto or cpu")
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
+    return str(choice)
 
 
-def build_learner(dls: DataLoaders, run: RunSpec, device: str, timm_kwargs: dict[str, Any]) -> Learner:
+def stop_on_nonfinite_loss() -> Callback:
+    """fastai's TerminateOnNaNCallback, but failing the run: its CancelFitException would end only
+    the current fit, and fine_tune would go on to train the unfrozen stage on NaN weights."""
+    from fastai.callback.tracker import TerminateOnNaNCallback
+
+    class StopOnNonFiniteLoss(TerminateOnNaNCallback):
+        def after_batch(self) -> None:
+            if not self.loss.isfinite():
+                raise NonFiniteLoss(f"the loss became {float(self.loss)} at epoch {self.epoch}: lower the lr")
+
+    return StopOnNonFiniteLoss()
+
+
+def build_learner(
+    dls: DataLoaders, run: RunSpec, device: str, timm_kwargs: dict[str, Any], cbs: list[Callback]
+) -> Learner:
     """vision_learner on the timm architecture; GradientAccumulation counts samples, so the optimizer
     steps once per `run.batch_size` images whatever the micro-batch is."""
     from fastai.callback.training import GradientAccumulation
@@ -36,22 +55,26 @@ def build_learner(dls: DataLoaders, run: RunSpec, device: str, timm_kwargs: dict
         run.arch,
         pretrained=run.pretrained,
         metrics=error_rate,
-        cbs=GradientAccumulation(run.batch_size),
+        cbs=[GradientAccumulation(run.batch_size), stop_on_nonfinite_loss(), *cbs],
         **timm_kwargs,
     )
     # Mixed precision only where it pays and is supported without warnings: CUDA.
     return learn.to_fp16() if device == "cuda" else learn
 
 
-def fit(learn: Learner, run: RunSpec) -> None:
-    """fine_tune from pretrained weights (as the reference recipe); a one-cycle fit from scratch."""
+def fit(learn: Learner, run: RunSpec, start_epoch: int = 0) -> None:
+    """fine_tune from pretrained weights (as the reference recipe); a one-cycle fit from scratch.
+    `start_epoch` resumes the last fit (fine_tune's unfrozen stage) after that many epochs."""
     if run.pretrained:
-        learn.fine_tune(run.epochs, run.lr)
+        learn.fine_tune(run.epochs, run.lr, start_epoch=start_epoch)
     else:
-        learn.fit_one_cycle(run.epochs, run.lr)
+        learn.fit_one_cycle(run.epochs, run.lr, start_epoch=start_epoch)
 
 
 def last_valid_error(learn: Learner) -> float:
-    """error_rate of the last epoch, as the recorder logged it (read before tta, which clears it)."""
+    """error_rate of the last epoch, as the recorder logged it (read before tta, which clears it).
+    A run resumed after its last epoch trained none: validate instead."""
+    if not learn.recorder.values:
+        return float(learn.validate()[1])
     names = [n for n in learn.recorder.metric_names if n not in ("epoch", "time")]
     return float(learn.recorder.values[-1][names.index("error_rate")])

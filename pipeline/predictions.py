@@ -18,7 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
 
 FORMAT = "paddy-pipeline/predictions"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass
@@ -38,6 +38,8 @@ class Predictions:
     config: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     device: str = ""
+    run_hash: str = ""  # identity of the run's inputs (pipeline.provenance.run_hash)
+    environment: dict[str, Any] = field(default_factory=dict)  # versions, git commit, device, split seed
     path: Path | None = None  # where it was loaded from; not stored
 
     def check(self, where: str) -> None:

@@ -1,51 +1,79 @@
-"""Train every run of a model: fit, TTA on the test and validation sets, save the prediction file."""
+"""Train every run of a model: fit, TTA on the test and validation sets, save the prediction file.
+
+Long jobs survive: a run whose prediction file exists with the same identity hash is skipped, a
+failing run is reported while the others still train, an out-of-memory error retries the run with
+a doubled accum, and per-epoch checkpoints let an interrupted run resume mid-way.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
 import time
-from dataclasses import asdict, dataclass
+import traceback
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.checkpoints import RunCheckpoint
 from pipeline.config import to_container
 from pipeline.data import Competition, make_dataloaders, scan_competition
-from pipeline.predictions import Predictions, save
+from pipeline.errors import PipelineError
+from pipeline.predictions import Predictions, load, save
+from pipeline.provenance import environment, run_hash
 from pipeline.report import format_table
 from pipeline.runs import RunSpec, resolve_runs
 
 log = logging.getLogger(__name__)
 
 
+class RunsFailed(PipelineError):
+    """Some runs of a job failed; the others finished and their prediction files are kept."""
+
+
 @dataclass
 class RunResult:
     run: RunSpec
-    path: Path
-    valid_error: float
-    valid_error_tta: float
-    minutes: float
+    status: str  # trained | skipped | failed
+    path: Path | None = None
+    valid_error: float | None = None
+    valid_error_tta: float | None = None
+    accum: int | None = None  # as trained: larger than configured after an out-of-memory retry
+    minutes: float = 0.0
+    error: str = ""
 
 
-def train_run(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any]) -> Predictions:
-    """Fit one run and return its TTA predictions on the test and validation images."""
+def one_line(e: BaseException) -> str:
+    """The gist of an exception: fastai prefixes callback errors with a line naming the callback."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+
+
+def train_run(
+    cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any], ckpt: RunCheckpoint | None
+) -> Predictions:
+    """Fit one run (resuming from its checkpoint if any) and return its TTA predictions."""
     import torch
+    from hydra.utils import instantiate
 
     from pipeline.learner import build_learner, fit, last_valid_error
 
+    seed = ckpt.split_seed(cfg.data.seed) if ckpt else cfg.data.seed
     dls = make_dataloaders(
-        comp,
-        run,
-        valid_pct=cfg.data.valid_pct,
-        seed=cfg.data.seed,
-        num_workers=cfg.data.num_workers,
-        device=device,
+        comp, run, valid_pct=cfg.data.valid_pct, seed=seed, num_workers=cfg.data.num_workers, device=device
     )
-    learn = build_learner(dls, run, device, timm_kwargs)
+    cbs = [instantiate(c) for c in cfg.train.callbacks]
+    start_epoch = 0
+    if ckpt:
+        cbs.append(ckpt.callback(final_fit=1 if run.pretrained else 0))
+        if found := ckpt.latest():
+            start_epoch = found[1]
+            log.info("run %s: resuming from %s (%d of %d epochs done)", run.name, found[0], start_epoch, run.epochs)
+    learn = build_learner(dls, run, device, timm_kwargs, cbs)
     try:
         start = time.perf_counter()
-        fit(learn, run)
+        fit(learn, run, start_epoch)
         fit_s = time.perf_counter() - start
         valid_error = last_valid_error(learn)
         start = time.perf_counter()
@@ -60,7 +88,7 @@ def train_run(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwarg
         if device == "cuda":
             torch.cuda.empty_cache()
     valid_probs = valid_probs.float()
-    valid_error_tta = float((valid_probs.argmax(1) != valid_targets).float().mean())
+    env = environment(device) | {"split_seed": seed, "split_seed_configured": cfg.data.seed is not None}
     return Predictions(
         run=run.name,
         arch=run.arch,
@@ -71,24 +99,69 @@ def train_run(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwarg
         valid_probs=valid_probs.contiguous(),
         valid_targets=valid_targets.long(),
         weight=run.weight,
-        metrics={"valid_error": valid_error, "valid_error_tta": valid_error_tta},
+        metrics={
+            "valid_error": valid_error,
+            "valid_error_tta": float((valid_probs.argmax(1) != valid_targets).float().mean()),
+        },
         timings={"fit_s": fit_s, "tta_s": tta_s},
         run_spec=asdict(run),
         config=to_container(cfg),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         device=device,
+        environment=env,
     )
 
 
+def train_with_retries(
+    cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any], ckpt: RunCheckpoint | None
+) -> Predictions:
+    """train_run; on out-of-memory, double accum (same effective batch, half the micro-batch) and retry."""
+    import torch
+
+    for attempt in range(cfg.train.oom_retries + 1):
+        try:
+            return train_run(cfg, comp, run, device, timm_kwargs, ckpt)
+        except torch.OutOfMemoryError:
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            if attempt == cfg.train.oom_retries or run.batch_size % (2 * run.accum):
+                raise
+        log.warning(
+            "run %s: out of memory at accum %d (micro-batch %d); retrying at accum %d (micro-batch %d)",
+            run.name,
+            run.accum,
+            run.micro_batch,
+            2 * run.accum,
+            run.micro_batch // 2,
+        )
+        run = replace(run, accum=2 * run.accum)
+    raise AssertionError("unreachable")
+
+
+def finished(path: Path, identity: str) -> Predictions | None:
+    """The run's prediction file, if it exists and was made by the same run."""
+    if not path.is_file():
+        return None
+    try:
+        preds = load(path)
+    except PipelineError as e:
+        log.warning("%s: retraining (%s)", path, e)
+        return None
+    if preds.run_hash != identity:
+        log.info("%s was trained with another config (run hash %s, now %s): retraining", path, preds.run_hash, identity)
+        return None
+    return preds
+
+
 def train_model(cfg: Any) -> list[RunResult]:
-    """Check everything a model's runs need, then train them one after the other."""
+    """Train a model's runs one after the other; raises RunsFailed at the end if any failed."""
     from pipeline.learner import pick_device
     from pipeline.weights import timm_kwargs
 
     runs = resolve_runs(cfg)
     comp = scan_competition(cfg.data.root)
     device = pick_device(cfg.train.device)
-    kwargs = {run.name: timm_kwargs(run) for run in runs}  # weights problems fail before any training
     log.info(
         "%s: %d runs on %s; %d training images in %d classes, %d test images",
         cfg.model.name,
@@ -98,49 +171,108 @@ def train_model(cfg: Any) -> list[RunResult]:
         len(comp.vocab),
         len(comp.test_files),
     )
-    results = []
+    results: dict[str, RunResult] = {}
+    todo = []
     for run in runs:
-        log.info(
-            "run %s: %s, %s %s -> %s, accum %d (micro-batch %d), %d epochs, lr %g",
-            run.name,
-            run.arch,
-            run.resize,
-            list(run.item_size),
-            list(run.size),
-            run.accum,
-            run.micro_batch,
-            run.epochs,
-            run.lr,
-        )
-        start = time.perf_counter()
-        preds = train_run(cfg, comp, run, device, kwargs[run.name])
-        path = save(preds, Path(cfg.paths.preds) / f"{run.name}.pt")
-        results.append(
-            RunResult(
-                run,
-                path,
-                preds.metrics["valid_error"],
-                preds.metrics["valid_error_tta"],
-                (time.perf_counter() - start) / 60,
+        identity = run_hash(run, cfg.data, cfg.tta)
+        path = Path(cfg.paths.preds) / f"{run.name}.pt"
+        if not cfg.train.force and (done := finished(path, identity)):
+            log.info(
+                "run %s: already trained with this config (%s): skipped; train.force=true retrains", run.name, path
             )
+            results[run.name] = RunResult(
+                run,
+                "skipped",
+                path,
+                done.metrics["valid_error"],
+                done.metrics["valid_error_tta"],
+                done.run_spec["accum"],
+            )
+            continue
+        try:  # weights problems show at start, not hours later when the run's turn comes
+            todo.append((run, identity, path, timm_kwargs(run)))
+        except PipelineError as e:
+            log.error("run %s cannot train: %s", run.name, e)
+            results[run.name] = RunResult(run, "failed", error=str(e))
+    for run, identity, path, kwargs in todo:
+        results[run.name] = attempt(cfg, comp, run, identity, path, device, kwargs)
+    ordered = [results[run.name] for run in runs]
+    log.info("\n%s", results_table(ordered))
+    if failed := [r for r in ordered if r.status == "failed"]:
+        raise RunsFailed(
+            f"{len(failed)} of {len(ordered)} runs failed: " + "; ".join(f"{r.run.name} ({r.error})" for r in failed)
         )
-        log.info("run %s: predictions saved to %s", run.name, path)
-    log.info("\n%s", results_table(results))
-    return results
+    return ordered
+
+
+def attempt(
+    cfg: Any, comp: Competition, run: RunSpec, identity: str, path: Path, device: str, kwargs: dict[str, Any]
+) -> RunResult:
+    """Train and save one run; any failure is logged and returned, so the job goes on with the next run."""
+    log.info(
+        "run %s (hash %s): %s, %s %s -> %s, accum %d (micro-batch %d), %d epochs, lr %g",
+        run.name,
+        identity,
+        run.arch,
+        run.resize,
+        list(run.item_size),
+        list(run.size),
+        run.accum,
+        run.micro_batch,
+        run.epochs,
+        run.lr,
+    )
+    ckpt = RunCheckpoint(Path(cfg.paths.checkpoints) / f"{run.name}-{identity}") if cfg.train.checkpoint else None
+    start = time.perf_counter()
+    try:
+        preds = train_with_retries(cfg, comp, run, device, kwargs, ckpt)
+        preds.run_hash = identity
+        save(preds, path)
+    except Exception as e:  # isolation: any failure of one run must not stop the others
+        minutes = (time.perf_counter() - start) / 60
+        log.error("run %s failed after %.1f min: %s%s", run.name, minutes, one_line(e), save_traceback(run.name))
+        return RunResult(run, "failed", minutes=minutes, error=one_line(e))
+    if ckpt:
+        ckpt.remove()
+    log.info("run %s: predictions saved to %s", run.name, path)
+    return RunResult(
+        run,
+        "trained",
+        path,
+        preds.metrics["valid_error"],
+        preds.metrics["valid_error_tta"],
+        preds.run_spec["accum"],
+        (time.perf_counter() - start) / 60,
+    )
+
+
+def save_traceback(run_name: str) -> str:
+    """Keep the full traceback in the job's Hydra folder (the console gets one line); where it went."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    path = Path(HydraConfig.get().runtime.output_dir) / f"{run_name}.traceback.txt"
+    path.write_text(traceback.format_exc())
+    return f" (traceback: {path})"
 
 
 def results_table(results: list[RunResult]) -> str:
+    def num(x: float | None, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
     return format_table(
         [
             {
                 "run": r.run.name,
+                "status": r.status,
                 "arch": r.run.arch,
                 "item tfm": f"{r.run.resize} {'x'.join(map(str, r.run.item_size))}",
                 "size": "x".join(map(str, r.run.size)),
-                "accum": r.run.accum,
+                "accum": r.accum or r.run.accum,
                 "epochs": r.run.epochs,
-                "valid err": f"{r.valid_error:.4f}",
-                "valid err TTA": f"{r.valid_error_tta:.4f}",
+                "valid err": num(r.valid_error, ".4f"),
+                "valid err TTA": num(r.valid_error_tta, ".4f"),
                 "minutes": f"{r.minutes:.1f}",
             }
             for r in results

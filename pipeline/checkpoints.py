@@ -1,0 +1,80 @@
+"""Per-epoch checkpoints, so that an interrupted long run resumes at the epoch it reached.
+
+A run's folder is keyed by its identity hash, so a checkpoint is only ever resumed by the same run.
+It holds `run.json` (the split seed drawn for the run, so a resumed run keeps its validation set)
+and `epoch<N>.pth` (model and optimizer after N epochs of the run's last fit), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from fastai.callback.core import Callback
+
+
+class RunCheckpoint:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def split_seed(self, configured: int | None) -> int:
+        """The configured seed, else the one drawn when this run first started (drawn now if new)."""
+        if configured is not None:
+            return configured
+        meta = self.folder / "run.json"
+        if meta.is_file():
+            return int(json.loads(meta.read_text())["split_seed"])
+        seed = secrets.randbits(31)
+        with atomic_path(meta) as tmp:
+            tmp.write_text(json.dumps({"split_seed": seed}))
+        return seed
+
+    def latest(self) -> tuple[Path, int] | None:
+        """The newest epoch checkpoint and how many epochs it holds."""
+        found = [
+            (p, int(m.group(1)))
+            for p in self.folder.glob("epoch*.pth")
+            if (m := re.fullmatch(r"epoch(\d+)\.pth", p.name))
+        ]
+        return max(found, key=lambda item: item[1]) if found else None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def callback(self, final_fit: int) -> Callback:
+        """A fastai callback saving after every epoch of fit number `final_fit` (0-based; fine_tune's
+        unfrozen stage is fit 1), and restoring the newest checkpoint when that fit starts."""
+        from fastai.callback.core import Callback
+        from fastai.learner import load_model, save_model
+
+        checkpoint = self
+
+        class EpochCheckpoint(Callback):
+            order = 60  # after the Recorder, so an epoch is saved only once it completed
+
+            def before_fit(self) -> None:
+                self.fit_index = getattr(self, "fit_index", -1) + 1
+                self.saved = 0
+                if self.fit_index == final_fit and (found := checkpoint.latest()):
+                    load_model(found[0], self.learn.model, self.learn.opt, with_opt=True, device=self.dls.device)
+                    self.saved = found[1]
+
+            def after_epoch(self) -> None:
+                done = self.epoch + 1
+                if self.fit_index != final_fit or done <= self.saved:  # skipped epochs of a resumed fit
+                    return
+                with atomic_path(checkpoint.folder / f"epoch{done}.pth") as tmp:
+                    save_model(tmp, self.learn.model, self.learn.opt, with_opt=True)
+                for old in checkpoint.folder.glob("epoch*.pth"):
+                    if old.name != f"epoch{done}.pth":
+                        old.unlink()
+                self.saved = done
+
+        return EpochCheckpoint()
