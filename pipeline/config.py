@@ -34,6 +34,7 @@ class PathsConfig:
     weights: str = "${paths.outputs}/weights"
     data: str = "${paths.outputs}/data"
     checkpoints: str = "${paths.outputs}/checkpoints"
+    probe: str = "${paths.outputs}/probe"
 
 
 @dataclass
@@ -93,12 +94,21 @@ class TTAConfig:
 
 
 @dataclass
+class ProbeConfig:
+    budget_gb: float = 16.0
+    accums: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    steps: int = 3
+    write: bool = False
+
+
+@dataclass
 class TrainAppConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = MISSING
     model: ModelConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 @dataclass

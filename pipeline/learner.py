@@ -36,7 +36,7 @@ def stop_on_nonfinite_loss() -> Callback:
     class StopOnNonFiniteLoss(TerminateOnNaNCallback):
         def after_batch(self) -> None:
             if not self.loss.isfinite():
-                raise NonFiniteLoss(f"the loss became {float(self.loss)} at epoch {self.epoch}: lower the lr")
+                raise NonFiniteLoss(f"the loss became {float(self.loss.detach())} at epoch {self.epoch}: lower the lr")
 
     return StopOnNonFiniteLoss()
 

@@ -1,7 +1,8 @@
 """Expand a model config into its runs, one per variant, with every setting resolved.
 
-Precedence for accum, epochs and lr: `train.*` on the command line, then the variant, then the
-model file. batch_size: the variant, then the model file.
+Precedence for epochs and lr: `train.*` on the command line, then the variant, then the model
+file. accum likewise, with the probe's choice (pipeline.memory_probe) between `train.accum` and the
+variant. batch_size: the variant, then the model file.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def _size(value: Any, what: str) -> tuple[int, ...]:
     return size
 
 
-def resolve_runs(cfg: Any) -> list[RunSpec]:
-    """The runs of `cfg.model`, checked: fails with one line on a missing model or variant list."""
+def resolve_runs(cfg: Any, probed: dict[str, int] | None = None) -> list[RunSpec]:
+    """The runs of `cfg.model`, checked: fails with one line on a missing model or variant list.
+    `probed` maps run names to the accum the memory probe chose."""
     model = cfg.get("model")
     if model is None:
         raise PipelineError("no model chosen: add +model=NAME (a file in conf/model/, e.g. +model=vit_large)")
@@ -60,11 +62,11 @@ def resolve_runs(cfg: Any) -> list[RunSpec]:
         where = f"model {model.name} variant {i}"
         resize = getattr(v.resize, "value", v.resize)
         item_size, size = _size(v.item_size, f"{where} item_size"), _size(v.size, f"{where} size")
-        accum = cfg.train.accum or v.accum or model.accum
+        name = f"{model.name}_{v.name or variant_name(resize, item_size, size)}"
+        accum = cfg.train.accum or (probed or {}).get(name) or v.accum or model.accum
         batch_size = v.batch_size or model.batch_size
         if accum < 1 or batch_size % accum:
             raise PipelineError(f"{where}: batch_size {batch_size} is not divisible by accum {accum}")
-        name = f"{model.name}_{v.name or variant_name(resize, item_size, size)}"
         runs.append(
             RunSpec(
                 name=name,

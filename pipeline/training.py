@@ -157,9 +157,14 @@ def finished(path: Path, identity: str) -> Predictions | None:
 def train_model(cfg: Any) -> list[RunResult]:
     """Train a model's runs one after the other; raises RunsFailed at the end if any failed."""
     from pipeline.learner import pick_device
+    from pipeline.memory_probe import read_accums
     from pipeline.weights import timm_kwargs
 
-    runs = resolve_runs(cfg)
+    probe_file = Path(cfg.paths.probe) / f"{cfg.model.name}.yaml" if cfg.get("model") else None
+    probed = read_accums(probe_file) if probe_file else {}
+    if probed:
+        log.info("accum from the memory probe's %s: %s", probe_file, probed)
+    runs = resolve_runs(cfg, probed)
     comp = scan_competition(cfg.data.root)
     device = pick_device(cfg.train.device)
     log.info(

@@ -1,0 +1,136 @@
+"""Long jobs survive: skip what is done, isolate failures, retry out-of-memory, resume after a kill."""
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pipeline import predictions
+from pipeline.training import RunsFailed, train_model
+from tests.conftest import REPO, compose, tiny_run_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_finished_run_is_skipped_until_its_config_changes(demo_root, weights_dir, tmp_path, caplog):
+    overrides = [*tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds"), "data.seed=3"]
+    (first,) = train_model(compose("config", overrides))
+    stamp = first.path.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        (again,) = train_model(compose("config", overrides))
+    assert again.status == "skipped" and first.path.stat().st_mtime_ns == stamp
+    assert "already trained with this config" in caplog.text
+    assert again.valid_error_tta == first.valid_error_tta
+
+    (changed,) = train_model(compose("config", [*overrides, "tta.beta=0.5"]))
+    assert changed.status == "trained" and first.path.stat().st_mtime_ns != stamp
+    stamp = first.path.stat().st_mtime_ns
+    (forced,) = train_model(compose("config", [*overrides, "tta.beta=0.5", "train.force=true"]))
+    assert forced.status == "trained" and first.path.stat().st_mtime_ns != stamp
+
+
+def test_out_of_memory_retries_with_doubled_accum(demo_root, weights_dir, tmp_path, caplog):
+    flag = tmp_path / "oom-fired"
+    cfg = compose(
+        "config",
+        [
+            *tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds"),
+            f"train.callbacks=[{{_target_: tests.callbacks.OutOfMemoryOnce, flag: '{flag}'}}]",
+        ],
+    )
+    with caplog.at_level(logging.WARNING):
+        (result,) = train_model(cfg)
+    assert flag.exists() and result.status == "trained"
+    assert "out of memory at accum 2 (micro-batch 8); retrying at accum 4 (micro-batch 4)" in caplog.text
+    spec = predictions.load(result.path).run_spec
+    assert (spec["accum"], spec["batch_size"]) == (4, 16)  # the effective batch is unchanged
+    assert result.accum == 4
+
+
+def test_a_diverging_run_fails_alone(demo_root, weights_dir, tmp_path, caplog):
+    cfg = compose(
+        "config",
+        [
+            *tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds"),
+            "model.variants=[{resize: squish, item_size: [32], size: [32], name: exploding, lr: 1.0e+12},"
+            " {resize: squish, item_size: [32], size: [32], name: fine}]",
+        ],
+    )
+    with caplog.at_level(logging.INFO), pytest.raises(RunsFailed) as err:
+        train_model(cfg)
+    assert str(err.value).startswith("1 of 2 runs failed: tiny_exploding (NonFiniteLoss: the loss became")
+    assert [p.name for p in (tmp_path / "preds").iterdir()] == ["tiny_fine.pt"]
+    assert "tiny_exploding  failed" in caplog.text and "tiny_fine       trained" in caplog.text
+
+
+def test_prediction_files_record_how_they_were_made(demo_root, weights_dir, tmp_path):
+    (result,) = train_model(compose("config", tiny_run_overrides(demo_root, weights_dir, tmp_path)))
+    env = predictions.load(result.path).environment
+    assert torch.__version__.startswith(env["packages"]["torch"])
+    assert env["packages"]["fastai"] and env["packages"]["timm"] and env["python"]
+    assert len(env["git_commit"]) == 40 and isinstance(env["git_dirty"], bool)
+    assert env["device"] == "cpu" and env["device_name"]
+    # no seed configured: the split seed drawn for the run is recorded, and that it was drawn
+    assert env["split_seed_configured"] is False and isinstance(env["split_seed"], int)
+
+
+def _train_cli(*overrides: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.train", *overrides]
+
+
+def test_kill_during_the_second_run_then_resume(demo_root, weights_dir, tmp_path):
+    preds, ckpts = tmp_path / "preds", tmp_path / "outputs" / "checkpoints"
+    command = _train_cli(
+        *tiny_run_overrides(demo_root, weights_dir, preds),
+        f"paths.outputs={tmp_path / 'outputs'}",
+        "train.epochs=2",
+        "model.variants=[{resize: squish, item_size: [32], size: [32]}, {resize: pad, item_size: [32], size: [32]}]",
+        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 0.3}]",
+    )
+    log = (tmp_path / "first.log").open("w")
+    job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 400
+    # wait until the first run is saved and the second has checkpointed an epoch
+    while not ((preds / "tiny_squish32_32.pt").exists() and list(ckpts.glob("tiny_pad32_32-*/epoch1.pth"))):
+        assert job.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the job never reached the second run's first checkpoint"
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) == 130
+    first_log = (tmp_path / "first.log").read_text()
+    assert "interrupted: finished files are kept" in first_log and "Traceback" not in first_log
+    assert [p.name for p in preds.iterdir()] == ["tiny_squish32_32.pt"]  # and no temporary files
+    (folder,) = ckpts.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch1.pth", "run.json"]
+
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "run tiny_squish32_32: already trained with this config" in again.stdout
+    assert "run tiny_pad32_32: resuming from" in again.stdout and "(1 of 2 epochs done)" in again.stdout
+    assert sorted(p.name for p in preds.iterdir()) == ["tiny_pad32_32.pt", "tiny_squish32_32.pt"]
+    assert not list(ckpts.iterdir())  # the finished run's checkpoint is cleaned up
+
+
+def test_a_broken_weights_file_fails_its_job_while_the_sweep_goes_on(demo_root, weights_dir, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 1000)
+    good = weights_dir / "tf_efficientnet_lite0.safetensors"
+    overrides = [
+        o for o in tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds") if not o.startswith("model.weights=")
+    ]
+    out = subprocess.run(
+        _train_cli("-m", *overrides, f"model.weights={broken},{good}", f"paths.outputs={tmp_path / 'outputs'}"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 2
+    assert "error: 1 job(s) failed:" in out.stderr and "broken.safetensors" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert [p.name for p in (tmp_path / "preds").iterdir()] == ["tiny_squish32_32.pt"]
+    assert predictions.load(tmp_path / "preds" / "tiny_squish32_32.pt").config["model"]["weights"] == str(good)
