@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file, and an interrupted write leaves none."""
+"""Files in and out: atomic writes (a reader never sees a half-written file, an interrupted write
+leaves none) and CSV tables read with one-line errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pandas as pd
+
+from pipeline.errors import PipelineError
 
 
 @contextmanager
@@ -24,3 +29,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_table(path: str | Path, what: str, columns: list[str], fix: str = "") -> pd.DataFrame:
+    """A CSV of strings with exactly `columns`; one-line errors naming `what` (and `fix`, what to do)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{what} {path} not found")
+    fix = f": {fix}" if fix else ""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{what} {path} is not a readable CSV ({e}){fix}") from None
+    if list(df.columns) != columns:
+        raise PipelineError(f"{what} {path} has columns {list(df.columns)}; expected {columns}{fix}")
+    return df

@@ -8,20 +8,13 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path
+from pipeline.fileio import atomic_path, read_table
 
 COLUMNS = ["image_id", "label"]
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise PipelineError(f"{what} {path} not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise PipelineError(f"{what} {path} is not a readable CSV: {e}") from None
-    if list(df.columns) != COLUMNS:
-        raise PipelineError(f"{what} {path} has columns {list(df.columns)}; expected {COLUMNS}")
+    df = read_table(path, what, COLUMNS)
     dup = df.image_id[df.image_id.duplicated()]
     if len(dup):
         raise PipelineError(f"{what} {path} repeats image_id {dup.iloc[0]}")

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path
+from pipeline.fileio import atomic_path, read_table
 
 COLUMNS = ["time", "competition", "file", "sha256", "message", "runs", "ref", "status", "public_score"]
 
@@ -17,13 +16,7 @@ def read(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         return pd.DataFrame(columns=COLUMNS, dtype=str)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise PipelineError(f"submissions log {path} is not a readable CSV ({e}): move it away") from None
-    if list(df.columns) != COLUMNS:
-        raise PipelineError(f"submissions log {path} has columns {list(df.columns)}, expected {COLUMNS}: move it away")
-    return df
+    return read_table(path, "submissions log", COLUMNS, fix="move it away")
 
 
 def _write(path: Path, df: pd.DataFrame) -> None:

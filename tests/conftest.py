@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.kaggle_stand_in import KEY, USERNAME
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 PADDY_SAMPLE = REPO.parent / "shared" / "paddy-sample"
@@ -72,6 +74,25 @@ def weights_dir(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("weights")
     convert_lite_weights("tf_efficientnet_lite0", dest)
     return dest
+
+
+@pytest.fixture
+def kaggle_env(tmp_path, monkeypatch) -> Path:
+    """Credentials for the stand-in only, in the environment; an empty config dir under a tmp HOME."""
+    home = tmp_path / "home"
+    config_dir = home / ".kaggle"
+    config_dir.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("KAGGLE_USERNAME", USERNAME)
+    monkeypatch.setenv("KAGGLE_KEY", KEY)
+    return config_dir
 
 
 def tiny_run_overrides(data_root: Path, weights_dir: Path, preds: Path, *, name: str = "tiny") -> list[str]:

@@ -3,6 +3,7 @@
 import torch
 
 from pipeline.predictions import Predictions
+from pipeline.runs import RunSpec
 
 
 def make_preds(run="r1", test_ids=("a.jpg", "b.jpg", "c.jpg"), vocab=("cat", "dog"), seed=0, **kw) -> Predictions:
@@ -21,3 +22,24 @@ def make_preds(run="r1", test_ids=("a.jpg", "b.jpg", "c.jpg"), vocab=("cat", "do
     )
     fields.update(kw)
     return Predictions(**fields)
+
+
+def make_run(**kw) -> RunSpec:
+    """A run of tf_efficientnet_lite0; keyword arguments replace any field."""
+    fields = dict(
+        name="r",
+        model="m",
+        arch="tf_efficientnet_lite0",
+        pretrained=True,
+        weights=None,
+        resize="crop",
+        item_size=(640, 480),
+        size=(224,),
+        min_scale=0.75,
+        accum=2,
+        epochs=1,
+        lr=0.01,
+        batch_size=64,
+        weight=1.0,
+    )
+    return RunSpec(**(fields | kw))

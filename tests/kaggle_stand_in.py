@@ -101,6 +101,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+# Credentials the stand-in accepts; fake, never valid on Kaggle.
+USERNAME, KEY = "stand-in-user", "0123456789abcdef-secret"
 RULES_NOT_ACCEPTED = "You must accept this competition's rules before you'll be able to download files."
 # KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE
 UPLOAD_FAILED_MESSAGE = "Could not submit to competition"

@@ -18,19 +18,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
 from pipeline import submissions_log
-from pipeline.config import register_configs
 from pipeline.demo_data import build_demo
 from pipeline.downloading import MARKER, download
 from pipeline.errors import PipelineError
 from pipeline.submitting import log_table, submit
-from tests.kaggle_stand_in import KaggleStandIn, route_kaggle_api
+from tests.conftest import compose
+from tests.kaggle_stand_in import KEY, USERNAME, KaggleStandIn, route_kaggle_api
 
 REPO = Path(__file__).resolve().parents[1]
 COMPETITION = "paddy-disease-classification"
-USERNAME, KEY = "stand-in-user", "0123456789abcdef-secret"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 COMPETITION_FILES = ("train_images", "test_images", "train.csv", "sample_submission.csv")
 MESSAGE = "blend of vit_a x2, convnext x1"
@@ -60,34 +58,9 @@ def competition_zip(demo) -> bytes:
 
 
 @pytest.fixture
-def kaggle_env(tmp_path, monkeypatch) -> Path:
-    """Credentials for the stand-in only, in the environment; an empty config dir under a tmp HOME."""
-    home = tmp_path / "home"
-    config_dir = home / ".kaggle"
-    config_dir.mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    for name in ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("KAGGLE_USERNAME", USERNAME)
-    monkeypatch.setenv("KAGGLE_KEY", KEY)
-    return config_dir
-
-
-@pytest.fixture
 def stand_in(kaggle_env, competition_zip):
     with KaggleStandIn(COMPETITION, competition_zip, USERNAME, KEY) as server, route_kaggle_api(server.base_url):
         yield server
-
-
-def compose_cfg(name: str, overrides: list[str]):
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 @pytest.fixture
@@ -96,7 +69,7 @@ def outputs(tmp_path) -> Path:
 
 
 def download_cfg(tmp_path, *extra: str):
-    return compose_cfg(
+    return compose(
         "download",
         [
             f"paths.outputs={tmp_path / 'outputs'}",
@@ -121,7 +94,7 @@ def submission(demo, outputs) -> Path:
 
 
 def submit_cfg(demo, outputs, *extra: str):
-    return compose_cfg(
+    return compose(
         "submit",
         [
             f"paths.outputs={outputs}",

@@ -15,14 +15,15 @@ import pytest
 import requests
 
 from tests.kaggle_stand_in import (
+    KEY,
     RULES_NOT_ACCEPTED,
     UPLOAD_FAILED_MESSAGE,
+    USERNAME,
     KaggleStandIn,
     route_kaggle_api,
 )
 
 COMPETITION = "paddy-disease-classification"
-USERNAME, KEY = "stand-in-user", "0123456789abcdef"
 RPC = "/api/v1/competitions.CompetitionApiService/"
 
 
@@ -33,25 +34,6 @@ def _competition_zip() -> bytes:
         zf.writestr("sample_submission.csv", "image_id,label\n200001.jpg,normal\n")
         zf.writestr("train_images/normal/100001.jpg", os.urandom(2048))
     return buf.getvalue()
-
-
-@pytest.fixture
-def kaggle_env(tmp_path, monkeypatch):
-    """Credentials for the stand-in only; the user's real ~/.kaggle is never read."""
-    home = tmp_path / "home"
-    config_dir = home / ".kaggle"
-    config_dir.mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    for name in ("KAGGLE_API_TOKEN", "KAGGLE_API_ENVIRONMENT", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("KAGGLE_USERNAME", USERNAME)
-    monkeypatch.setenv("KAGGLE_KEY", KEY)
-    return config_dir
 
 
 @pytest.fixture

@@ -3,26 +3,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline.runs import RunSpec
 from pipeline.transforms import as_size, batch_tfms, item_tfms
 from tests.conftest import PADDY_SAMPLE
+from tests.factories import make_run
 
-RUN = RunSpec(
-    name="t",
-    model="m",
-    arch="a",
-    pretrained=True,
-    weights=None,
-    resize="crop",
-    item_size=(640, 480),
-    size=(224,),
-    min_scale=0.75,
-    accum=2,
-    epochs=1,
-    lr=0.01,
-    batch_size=64,
-    weight=1.0,
-)
+RUN = make_run()
 
 
 @pytest.fixture(scope="module")

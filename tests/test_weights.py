@@ -4,25 +4,10 @@ from dataclasses import replace
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.runs import RunSpec
 from pipeline.weights import check_arch, lite_source_file, timm_kwargs
+from tests.factories import make_run
 
-RUN = RunSpec(
-    name="r",
-    model="m",
-    arch="tf_efficientnet_lite0",
-    pretrained=True,
-    weights=None,
-    resize="squish",
-    item_size=(32,),
-    size=(32,),
-    min_scale=0.75,
-    accum=1,
-    epochs=1,
-    lr=0.01,
-    batch_size=8,
-    weight=1.0,
-)
+RUN = make_run(resize="squish", item_size=(32,), size=(32,), accum=1, batch_size=8)
 
 
 def test_converted_lite_weights_equal_the_package_tensors(weights_dir):
