@@ -32,6 +32,8 @@ def train_run(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwarg
     """Fit one run and return its TTA predictions on the test and validation images."""
     import torch
 
+    from pipeline import perf
+    from pipeline.fast_tta import tta
     from pipeline.learner import build_learner, fit, last_valid_error
 
     dls = make_dataloaders(
@@ -41,16 +43,18 @@ def train_run(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwarg
         seed=cfg.data.seed,
         num_workers=cfg.data.num_workers,
         device=device,
+        perf=cfg.perf,
     )
-    learn = build_learner(dls, run, device, timm_kwargs)
+    learn = build_learner(dls, run, device, timm_kwargs, channels_last=perf.channels_last(cfg.perf, device))
     try:
         start = time.perf_counter()
         fit(learn, run)
         fit_s = time.perf_counter() - start
         valid_error = last_valid_error(learn)
         start = time.perf_counter()
-        test_probs, _ = learn.tta(dl=dls.test_dl(comp.test_files), n=cfg.tta.n, beta=cfg.tta.beta)
-        valid_probs, valid_targets = learn.tta(ds_idx=1, n=cfg.tta.n, beta=cfg.tta.beta)
+        n, beta, fast = cfg.tta.n, cfg.tta.beta, cfg.perf.fast_tta  # fast paths: pipeline/perf.py
+        test_probs, _ = tta(learn, dls.test_dl(comp.test_files), n, beta, fast)
+        valid_probs, valid_targets = tta(learn, dls.valid.new(shuffle=False, drop_last=False), n, beta, fast)
         tta_s = time.perf_counter() - start
         train_root = comp.root / "train_images"
         valid_ids = [str(Path(p).relative_to(train_root)) for p in dls.valid_ds.items]
