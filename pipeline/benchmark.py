@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.config import to_container
 from pipeline.errors import PipelineError
 from pipeline.report import format_table
 from pipeline.runs import RunSpec
@@ -327,13 +328,13 @@ def run_benchmark(cfg: Any) -> str:
         f"bs {b.batch_size // b.accum} x GradientAccumulation({b.batch_size}), fine_tune({b.epochs}), TTA n={b.tta_n}",
         f"data: {root} ({len(comp.train_files)} train, {len(comp.test_files)} test images); device {device}, "
         f"{torch.get_num_threads()} torch threads; {b.repeats} round(s) in {total_s / 60:.1f} min",
-        f"perf: {dict(cfg.perf)}",
+        f"perf: {to_container(cfg.perf)}",
         "",
         format_table(table),
         "",
         f"training: pipeline / reference {p_train / r_train:.2f}x; pipeline / limit {p_train / lim_train:.0%}",
         f"TTA:      pipeline / reference {p_tta / r_tta:.2f}x; pipeline / limit {p_tta / lim_tta:.0%}",
-        f"limit memory formats: {limits[-1][2]}; pipeline {rows['pipeline'][-1].extra}",
+        f"limit memory formats: {limits[-1][2]}; pipeline per round: {'; '.join(t.extra for t in rows['pipeline'])}",
         "img/s: training images per second over the unfrozen epochs' training phase; TTA: test images per "
         f"second, each through {b.tta_n} augmented + 1 plain pass (limit: inference img/s / {b.tta_n + 1}). "
         "Peak RSS: this process's high-water mark during each side's run.",
