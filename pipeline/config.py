@@ -26,6 +26,12 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class Switch(StrEnum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 @dataclass
 class PathsConfig:
     outputs: str = "outputs"
@@ -102,6 +108,15 @@ class ProbeConfig:
 
 
 @dataclass
+class PerfConfig:
+    cache: bool = True
+    cache_dir: str = "${paths.outputs}/cache"
+    fused_augment: bool = True
+    channels_last: Switch = Switch.auto
+    fast_tta: bool = True
+
+
+@dataclass
 class TrainAppConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = MISSING
@@ -109,6 +124,7 @@ class TrainAppConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
 
 @dataclass
@@ -139,9 +155,35 @@ class PrepareDemoAppConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
+@dataclass
+class BenchConfig:
+    sample: str = "../shared/paddy-sample"
+    images: int = 330
+    test_images: int = 100
+    arch: str = "tf_efficientnet_lite0"
+    item_size: int = 480
+    size: int = 128
+    batch_size: int = 64
+    accum: int = 2
+    epochs: int = 1
+    lr: float = 0.002
+    tta_n: int = 4
+    repeats: int = 2
+    limit_steps: int = 6
+
+
+@dataclass
+class BenchAppConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = MISSING
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainAppConfig)
+    cs.store(name="bench_schema", node=BenchAppConfig)
     cs.store(name="blend_schema", node=BlendAppConfig)
     cs.store(name="prepare_demo_schema", node=PrepareDemoAppConfig)
     register_kaggle_configs(cs)

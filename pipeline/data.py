@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -117,10 +117,12 @@ def make_dataloaders(
     seed: int | None,
     num_workers: int | None,
     device: str,
+    perf: Any = None,
 ) -> DataLoaders:
     """fastai DataLoaders over the training images, split at random into train and valid.
 
-    Batches hold the run's micro-batch; GradientAccumulation makes `run.batch_size` one step."""
+    Batches hold the run's micro-batch; GradientAccumulation makes `run.batch_size` one step.
+    `perf` (conf/perf/) turns on the fast paths; None is plain fastai."""
     from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, RandomSplitter, parent_label
 
     from pipeline.transforms import batch_tfms, item_tfms
@@ -130,12 +132,18 @@ def make_dataloaders(
         raise PipelineError(
             f"{n_train} training images are fewer than one batch of {run.batch_size}: lower model.batch_size"
         )
+    images, augment = ImageBlock, batch_tfms(run)
+    if perf is not None:  # fast paths (pipeline/perf.py): cached images, fused augmentation, workers
+        from pipeline import perf as fast
+
+        images, augment = fast.image_block(comp, run, perf), fast.augmentations(run, perf)
+        num_workers = fast.workers(num_workers, device, perf)
     block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock(vocab=comp.vocab)),
+        blocks=(images, CategoryBlock(vocab=comp.vocab)),
         splitter=RandomSplitter(valid_pct, seed=seed),
         get_y=parent_label,
         item_tfms=item_tfms(run),
-        batch_tfms=batch_tfms(run),
+        batch_tfms=augment,
     )
     kwargs = {} if num_workers is None else {"num_workers": num_workers}
     return block.dataloaders(comp.train_files, bs=run.micro_batch, device=device, **kwargs)

@@ -42,10 +42,16 @@ def stop_on_nonfinite_loss() -> Callback:
 
 
 def build_learner(
-    dls: DataLoaders, run: RunSpec, device: str, timm_kwargs: dict[str, Any], cbs: list[Callback]
+    dls: DataLoaders,
+    run: RunSpec,
+    device: str,
+    timm_kwargs: dict[str, Any],
+    cbs: list[Callback],
+    channels_last: bool = False,
 ) -> Learner:
     """vision_learner on the timm architecture; GradientAccumulation counts samples, so the optimizer
-    steps once per `run.batch_size` images whatever the micro-batch is."""
+    steps once per `run.batch_size` images whatever the micro-batch is. `channels_last`: fastai's
+    ChannelsLast callback, without the fp16 it adds by default (pipeline.perf decides per device)."""
     from fastai.callback.training import GradientAccumulation
     from fastai.metrics import error_rate
     from fastai.vision.learner import vision_learner
@@ -58,6 +64,10 @@ def build_learner(
         cbs=[GradientAccumulation(run.batch_size), stop_on_nonfinite_loss(), *cbs],
         **timm_kwargs,
     )
+    if channels_last:
+        from fastai.callback.channelslast import ChannelsLast
+
+        learn.add_cb(ChannelsLast())
     # Mixed precision only where it pays and is supported without warnings: CUDA.
     return learn.to_fp16() if device == "cuda" else learn
 

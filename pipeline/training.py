@@ -57,11 +57,19 @@ def train_run(
     import torch
     from hydra.utils import instantiate
 
+    from pipeline import perf
+    from pipeline.fast_tta import tta
     from pipeline.learner import build_learner, fit, last_valid_error
 
     seed = ckpt.split_seed(cfg.data.seed) if ckpt else cfg.data.seed
     dls = make_dataloaders(
-        comp, run, valid_pct=cfg.data.valid_pct, seed=seed, num_workers=cfg.data.num_workers, device=device
+        comp,
+        run,
+        valid_pct=cfg.data.valid_pct,
+        seed=seed,
+        num_workers=cfg.data.num_workers,
+        device=device,
+        perf=cfg.perf,
     )
     cbs = [instantiate(c) for c in cfg.train.callbacks]
     start_epoch = 0
@@ -70,15 +78,16 @@ def train_run(
         if found := ckpt.latest():
             start_epoch = found[1]
             log.info("run %s: resuming from %s (%d of %d epochs done)", run.name, found[0], start_epoch, run.epochs)
-    learn = build_learner(dls, run, device, timm_kwargs, cbs)
+    learn = build_learner(dls, run, device, timm_kwargs, cbs, channels_last=perf.channels_last(cfg.perf, device))
     try:
         start = time.perf_counter()
         fit(learn, run, start_epoch)
         fit_s = time.perf_counter() - start
         valid_error = last_valid_error(learn)
         start = time.perf_counter()
-        test_probs, _ = learn.tta(dl=dls.test_dl(comp.test_files), n=cfg.tta.n, beta=cfg.tta.beta)
-        valid_probs, valid_targets = learn.tta(ds_idx=1, n=cfg.tta.n, beta=cfg.tta.beta)
+        n, beta, fast = cfg.tta.n, cfg.tta.beta, cfg.perf.fast_tta  # fast paths: pipeline/perf.py
+        test_probs, _ = tta(learn, dls.test_dl(comp.test_files), n, beta, fast)
+        valid_probs, valid_targets = tta(learn, dls.valid.new(shuffle=False, drop_last=False), n, beta, fast)
         tta_s = time.perf_counter() - start
         train_root = comp.root / "train_images"
         valid_ids = [str(Path(p).relative_to(train_root)) for p in dls.valid_ds.items]

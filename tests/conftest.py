@@ -109,4 +109,5 @@ def tiny_run_overrides(data_root: Path, weights_dir: Path, preds: Path, *, name:
         f"data.root={data_root}",
         "data.num_workers=0",
         f"paths.preds={preds}",
+        f"perf.cache_dir={preds.parent / 'cache'}",
     ]

@@ -117,7 +117,7 @@ def test_cli_modules_do_not_import_heavy_libraries():
     # --help, config errors and blending must not pay for fastai/timm/kaggle imports.
     code = (
         "import sys, pipeline.train, pipeline.blend, pipeline.blending, pipeline.training, pipeline.prepare_demo,"
-        " pipeline.probe, pipeline.memory_probe;"
+        " pipeline.probe, pipeline.memory_probe, pipeline.bench, pipeline.benchmark;"
         "print(sorted(m for m in ('fastai', 'timm', 'kaggle') if m in sys.modules))"
     )
     out = _cli("-c", code)

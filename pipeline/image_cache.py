@@ -1,0 +1,173 @@
+"""A cache of decoded, item-resized images: each image is decoded and resized once per item transform
+and served from a memory-mapped uint8 array to every run, epoch and TTA pass that uses that transform.
+
+On 2 CPU cores, decoding a 480x640 JPEG and resizing it costs about 5 ms, paid again for every image
+of every epoch and every TTA pass; reading a row of the array costs a copy.
+
+Safety:
+- The cache key holds the item transform, the cache format and every source file's path, size and
+  mtime: a changed, added or removed image gives a new key, so a stale image is never served.
+- The array (`<key>.npy`) and its index (`<key>.json`, written last) are each written to a temporary
+  file and renamed into place; an array whose header, shape or length does not match its index is
+  rebuilt, never served.
+- Only images whose item transform is deterministic are cached (squish always; crop and pad when the
+  source already has the target's aspect ratio). fastai's Resize picks a random crop or pad position in
+  training otherwise, so those few images are decoded as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from fastai.vision.core import PILImage
+
+    from pipeline.runs import RunSpec
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def resize_is_deterministic(source_wh: tuple[int, int], resize: str, item_size: tuple[int, ...]) -> bool:
+    """Whether fastai's Resize gives the same pixels in training (random position) as in validation.
+
+    Mirrors fastai's Resize.encodes: crop/pad cut a (w, h) window at a random offset, then resize; the
+    offset can only be 0 when the window is the whole source image."""
+    if resize == "squish":
+        return True
+    w, h = source_wh
+    th, tw = (item_size[0], item_size[0]) if len(item_size) == 1 else item_size
+    pick_width = (w / tw < h / th) if resize == "crop" else (w / tw > h / th)
+    m = w / tw if pick_width else h / th
+    return (int(m * tw), int(m * th)) == (w, h)
+
+
+def cache_key(run: RunSpec, files: list[Path]) -> str:
+    """Names the cache of `files` under `run`'s item transform; changes with any source file."""
+    import fastai
+
+    transform = f"{run.resize}{'x'.join(map(str, run.item_size))}"
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, fastai.__version__, transform]).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"\0{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return f"{transform}-{h.hexdigest()[:20]}"
+
+
+def _load_plain(path: Path, run: RunSpec) -> np.ndarray:
+    """The plain path's item output: PILImage.create, then the run's fastai Resize in validation mode."""
+    from fastai.vision.core import PILImage
+
+    from pipeline.transforms import item_tfms
+
+    (resize,) = item_tfms(run)
+    return np.asarray(resize(PILImage.create(path), split_idx=1))
+
+
+class ImageCache:
+    """Type transform for fastai's ImageBlock: a path -> its PILImage, from the cache when it is there.
+
+    Pickles as its file names only (DataLoader workers reopen the memory map)."""
+
+    def __init__(self, array_path: Path, files: list[str]) -> None:
+        self.array_path = array_path
+        self.rows = {f: i for i, f in enumerate(files)}
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.array_path, mmap_mode="r")
+        return self._array
+
+    def __call__(self, path: str | Path) -> PILImage:
+        from fastai.vision.core import PILImage
+
+        row = self.rows.get(str(path))
+        if row is None:
+            return PILImage.create(path)
+        return PILImage(Image.fromarray(np.array(self.array[row])))
+
+
+def _valid(array_path: Path, index_path: Path, key: str, shape: tuple[int, ...]) -> list[str] | None:
+    """The cached file names if the array and index are complete and agree, else None."""
+    try:
+        index = json.loads(index_path.read_text())
+        files = index["files"]
+        if index.get("key") != key:
+            return None
+        array = np.load(array_path, mmap_mode="r")  # raises on a bad header or a short file
+        expected = (len(files), *shape)
+        end = array.offset + array.nbytes
+        if array.dtype != np.uint8 or array.shape != expected or os.path.getsize(array_path) != end:
+            return None
+        return files
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write(tmp: str, run: RunSpec, files: list[Path], shape: tuple[int, ...], threads: int) -> None:
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), *shape))
+
+    def fill(i: int) -> None:
+        out[i] = _load_plain(files[i], run)
+
+    # PIL releases the GIL while decoding and resizing, so threads use every core.
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fill, range(len(files))))
+    out.flush()
+
+
+def _build(array_path: Path, run: RunSpec, files: list[Path], shape: tuple[int, ...]) -> None:
+    """Decode and resize `files` into a new array, renamed into place only once complete."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    fd, tmp = tempfile.mkstemp(dir=array_path.parent, prefix=f".{array_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        _write(tmp, run, files, shape, cores)
+        os.replace(tmp, array_path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def open_cache(cache_dir: str | Path, run: RunSpec, files: list[Path]) -> ImageCache:
+    """The cache of `files` under `run`'s item transform, built first if missing, stale or corrupt."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(run, files)
+    array_path, index_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    cacheable = []
+    for f in files:
+        with Image.open(f) as im:  # reads the header only
+            if resize_is_deterministic(im.size, run.resize, run.item_size):
+                cacheable.append(f)
+    if not cacheable:
+        return ImageCache(array_path, [])
+    shape = _load_plain(cacheable[0], run).shape
+    names = [str(f) for f in cacheable]
+    if _valid(array_path, index_path, key, shape) == names:
+        return ImageCache(array_path, names)
+    log.info("caching %d decoded %s images in %s", len(cacheable), key.split("-")[0], array_path)
+    index_path.unlink(missing_ok=True)  # an index must never describe an array being rewritten
+    _build(array_path, run, cacheable, shape)
+    with atomic_path(index_path) as tmp:
+        tmp.write_text(json.dumps({"key": key, "files": names}))
+    if _valid(array_path, index_path, key, shape) != names:
+        raise OSError(f"the image cache {array_path} did not read back complete (disk full?)")
+    return ImageCache(array_path, names)
