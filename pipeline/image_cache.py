@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -163,6 +164,16 @@ def open_cache(cache_dir: str | Path, run: RunSpec, files: list[Path]) -> ImageC
     names = [str(f) for f in cacheable]
     if _valid(array_path, index_path, key, shape) == names:
         return ImageCache(array_path, names)
+    needed, free = len(cacheable) * int(np.prod(shape)), shutil.disk_usage(cache_dir).free
+    if needed > free // 2:  # never fill a disk (Kaggle's /kaggle/working holds 20 GB) for a speed-up
+        log.warning(
+            "not caching images: %.1f GB needed, %.1f GB free in %s; decoding as usual "
+            "(point perf.cache_dir at a larger disk to cache)",
+            needed / 1e9,
+            free / 1e9,
+            cache_dir,
+        )
+        return ImageCache(array_path, [])
     log.info("caching %d decoded %s images in %s", len(cacheable), key.split("-")[0], array_path)
     index_path.unlink(missing_ok=True)  # an index must never describe an array being rewritten
     _build(array_path, run, cacheable, shape)
