@@ -10,6 +10,7 @@ Layout (as Kaggle's Paddy Doctor ships it):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,26 +114,25 @@ def make_dataloaders(
     comp: Competition,
     run: RunSpec,
     *,
-    valid_pct: float,
-    seed: int | None,
+    valid_idx: Sequence[int],
     num_workers: int | None,
     device: str,
 ) -> DataLoaders:
-    """fastai DataLoaders over the training images, split at random into train and valid.
+    """fastai DataLoaders over the training images, `valid_idx` (see pipeline.splits) held out.
 
     Batches hold the run's micro-batch; GradientAccumulation makes `run.batch_size` one step."""
-    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, RandomSplitter, parent_label
+    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, IndexSplitter, parent_label
 
     from pipeline.transforms import batch_tfms, item_tfms
 
-    n_train = round(len(comp.train_files) * (1 - valid_pct))
+    n_train = len(comp.train_files) - len(valid_idx)
     if n_train < run.batch_size:
         raise PipelineError(
             f"{n_train} training images are fewer than one batch of {run.batch_size}: lower model.batch_size"
         )
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=comp.vocab)),
-        splitter=RandomSplitter(valid_pct, seed=seed),
+        splitter=IndexSplitter(valid_idx),
         get_y=parent_label,
         item_tfms=item_tfms(run),
         batch_tfms=batch_tfms(run),

@@ -15,6 +15,7 @@ from pipeline.data import Competition, make_dataloaders, scan_competition
 from pipeline.predictions import Predictions, save
 from pipeline.report import format_table
 from pipeline.runs import RunSpec, resolve_runs
+from pipeline.splits import make_split
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,22 @@ def train_run(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwarg
 
     from pipeline.learner import build_learner, fit, last_valid_error
 
-    dls = make_dataloaders(
-        comp,
-        run,
+    split = make_split(
+        [p.parent.name for p in comp.train_files],
+        cfg.data.split,
         valid_pct=cfg.data.valid_pct,
         seed=cfg.data.seed,
-        num_workers=cfg.data.num_workers,
-        device=device,
+        fold=run.fold,
+        n_folds=run.n_folds,
     )
+    dls = make_dataloaders(comp, run, valid_idx=split.valid_idx, num_workers=cfg.data.num_workers, device=device)
     learn = build_learner(dls, run, device, timm_kwargs)
     try:
         start = time.perf_counter()
         fit(learn, run)
         fit_s = time.perf_counter() - start
         valid_error = last_valid_error(learn)
+        valid_probs_plain, _ = learn.get_preds(ds_idx=1)
         start = time.perf_counter()
         test_probs, _ = learn.tta(dl=dls.test_dl(comp.test_files), n=cfg.tta.n, beta=cfg.tta.beta)
         valid_probs, valid_targets = learn.tta(ds_idx=1, n=cfg.tta.n, beta=cfg.tta.beta)
@@ -63,13 +66,16 @@ def train_run(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwarg
     valid_error_tta = float((valid_probs.argmax(1) != valid_targets).float().mean())
     return Predictions(
         run=run.name,
+        member=run.member,
         arch=run.arch,
         vocab=list(comp.vocab),
         test_ids=comp.test_ids,
         test_probs=test_probs.float().contiguous(),
         valid_ids=valid_ids,
         valid_probs=valid_probs.contiguous(),
+        valid_probs_plain=valid_probs_plain.float().contiguous(),
         valid_targets=valid_targets.long(),
+        split=split.record(),
         weight=run.weight,
         metrics={"valid_error": valid_error, "valid_error_tta": valid_error_tta},
         timings={"fit_s": fit_s, "tta_s": tta_s},
