@@ -94,7 +94,7 @@ def resolve_runs(cfg: Any) -> list[RunSpec]:
     names = [r.name for r in runs]
     if len(set(names)) < len(names):
         raise PipelineError(f"model {model.name} has two variants named alike ({names}): give them names")
-    return _per_fold(runs, cfg.data) if getattr(cfg.data.split, "value", cfg.data.split) == "kfold" else runs
+    return _per_fold(runs, cfg.data) if cfg.data.split == "kfold" else runs
 
 
 def _per_fold(runs: list[RunSpec], data: Any) -> list[RunSpec]:

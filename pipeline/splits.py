@@ -51,7 +51,7 @@ def make_split(
     """The validation indices of `labels` (one per training image, in file-list order)."""
     from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
-    strategy = getattr(strategy, "value", strategy)
+    strategy = str(strategy)  # a SplitStrategy from the config, or its name
     n = len(labels)
     if seed is None:
         if strategy != "random":
