@@ -1,6 +1,7 @@
 """Real training on real images: tiny runs of tf_efficientnet_lite0 with its real ImageNet weights."""
 
 import logging
+import random
 import subprocess
 import sys
 
@@ -18,6 +19,8 @@ pytestmark = pytest.mark.slow
 
 def test_train_one_run_on_the_demo_data(demo_root, weights_dir, tmp_path, caplog):
     cfg = compose("config", [*tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds"), "data.seed=1"])
+    # one epoch at 32 px varies a lot from draw to draw: fix the head's initialisation and the shuffling
+    torch.manual_seed(1), random.seed(1)
     with caplog.at_level(logging.INFO):
         (result,) = train_model(cfg)
     assert result.path == tmp_path / "preds" / "tiny_squish32_32.pt"
