@@ -167,21 +167,17 @@ def pipeline_side(cfg: Any, comp: Any, run: RunSpec, device: str, timm_kwargs: d
     from pipeline.data import make_dataloaders
     from pipeline.fast_tta import tta
     from pipeline.learner import build_learner
+    from pipeline.training import run_split
 
     rss = PeakRSS()
     with rss.track():
         start = time.perf_counter()
+        valid_idx = run_split(cfg, comp, run, cfg.data.seed).valid_idx
         dls = make_dataloaders(
-            comp,
-            run,
-            valid_pct=cfg.data.valid_pct,
-            seed=cfg.data.seed,
-            num_workers=cfg.data.num_workers,
-            device=device,
-            perf=cfg.perf,
+            comp, run, valid_idx=valid_idx, num_workers=cfg.data.num_workers, device=device, perf=cfg.perf
         )
         setup_s = time.perf_counter() - start
-        learn = build_learner(dls, run, device, timm_kwargs, channels_last=perf.channels_last(cfg.perf, device))
+        learn = build_learner(dls, run, device, timm_kwargs, [], channels_last=perf.channels_last(cfg.perf, device))
         totals = _train_timer(learn)
         with learn.no_bar(), learn.no_logging():
             learn.fine_tune(run.epochs, run.lr)

@@ -1,4 +1,4 @@
-"""`python -m pipeline.blend [key=value ...]`: weighted average of prediction files -> submission CSV.
+"""`python -m pipeline.blend [key=value ...]`: blend prediction files -> submission CSV and report.
 
 See conf/blend.yaml for the options.
 """
@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 @hydra.main(config_path="../conf", config_name="blend", version_base="1.3")
 @exit_on_error
 def main(cfg) -> None:
-    from pipeline.blending import blend, blend_table
+    from pipeline.blend_report import terminal_table
+    from pipeline.blending import blend
 
-    log.info("\n%s", blend_table(blend(cfg)))
+    log.info("\n%s", terminal_table(blend(cfg)))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,12 @@ class ResizeMethod(StrEnum):
     pad = "pad"
 
 
+class SplitStrategy(StrEnum):
+    random = "random"
+    holdout = "holdout"
+    kfold = "kfold"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -48,7 +54,9 @@ class DataConfig:
     name: str = MISSING
     root: str = MISSING
     competition: str = "paddy-disease-classification"
+    split: SplitStrategy = SplitStrategy.holdout
     valid_pct: float = 0.2
+    folds: int = 5
     seed: int | None = None
     num_workers: int | None = None
     test_labels: str | None = None
@@ -127,10 +135,34 @@ class TrainAppConfig:
     perf: PerfConfig = field(default_factory=PerfConfig)
 
 
+class Weighting(StrEnum):
+    config = "config"
+    equal = "equal"
+    greedy = "greedy"
+    optimize = "optimize"
+
+
+class BlendMean(StrEnum):
+    arithmetic = "arithmetic"
+    geometric = "geometric"
+
+
+@dataclass
+class GreedyConfig:
+    steps: int = 50
+    init: int = 1
+    bags: int = 1
+    bag_fraction: float = 0.5
+
+
 @dataclass
 class BlendConfig:
     runs: list[str] = field(default_factory=list)
+    weighting: Weighting = Weighting.config
     weights: dict[str, float] = field(default_factory=dict)
+    mean: BlendMean = BlendMean.arithmetic
+    greedy: GreedyConfig = field(default_factory=GreedyConfig)
+    seed: int = 0
     output: str = "${paths.submissions}/submission.csv"
 
 

@@ -10,6 +10,7 @@ Layout (as Kaggle's Paddy Doctor ships it):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,21 +114,20 @@ def make_dataloaders(
     comp: Competition,
     run: RunSpec,
     *,
-    valid_pct: float,
-    seed: int | None,
+    valid_idx: Sequence[int],
     num_workers: int | None,
     device: str,
     perf: Any = None,
 ) -> DataLoaders:
-    """fastai DataLoaders over the training images, split at random into train and valid.
+    """fastai DataLoaders over the training images, `valid_idx` (see pipeline.splits) held out.
 
     Batches hold the run's micro-batch; GradientAccumulation makes `run.batch_size` one step.
     `perf` (conf/perf/) turns on the fast paths; None is plain fastai."""
-    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, RandomSplitter, parent_label
+    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, IndexSplitter, parent_label
 
     from pipeline.transforms import batch_tfms, item_tfms
 
-    n_train = round(len(comp.train_files) * (1 - valid_pct))
+    n_train = len(comp.train_files) - len(valid_idx)
     if n_train < run.batch_size:
         raise PipelineError(
             f"{n_train} training images are fewer than one batch of {run.batch_size}: lower model.batch_size"
@@ -140,7 +140,7 @@ def make_dataloaders(
         num_workers = fast.workers(num_workers, device, perf)
     block = DataBlock(
         blocks=(images, CategoryBlock(vocab=comp.vocab)),
-        splitter=RandomSplitter(valid_pct, seed=seed),
+        splitter=IndexSplitter(valid_idx),
         get_y=parent_label,
         item_tfms=item_tfms(run),
         batch_tfms=augment,

@@ -50,6 +50,7 @@ def _train_steps(comp: Competition, run: RunSpec, device: str, timm_kwargs: dict
 
     from pipeline.data import make_dataloaders
     from pipeline.learner import build_learner
+    from pipeline.splits import make_split
 
     class StopAfterSteps(Callback):
         def after_step(self) -> None:
@@ -57,8 +58,9 @@ def _train_steps(comp: Competition, run: RunSpec, device: str, timm_kwargs: dict
             if self.done >= steps:
                 raise CancelFitException
 
-    # valid_pct is irrelevant (validation never runs) but keeps make_dataloaders' checks as in training
-    dls = make_dataloaders(comp, run, valid_pct=0.2, seed=0, num_workers=0, device=device)
+    # the split hardly matters (validation never runs); holding out a fifth keeps training's batch checks
+    split = make_split([f.parent.name for f in comp.train_files], "random", valid_pct=0.2, seed=0)
+    dls = make_dataloaders(comp, run, valid_idx=split.valid_idx, num_workers=0, device=device)
     learn = build_learner(dls, run, device, timm_kwargs, [StopAfterSteps()])
     learn.unfreeze()
     with learn.no_bar(), learn.no_logging():

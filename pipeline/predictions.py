@@ -18,19 +18,23 @@ from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
 
 FORMAT = "paddy-pipeline/predictions"
-VERSION = 2
+VERSION = 2  # 2: valid_probs_plain (no TTA), member, split
 
 
 @dataclass
 class Predictions:
     run: str
+    member: str  # the ensemble member: the run name without its fold suffix (a variant's folds share it)
     arch: str
     vocab: list[str]
     test_ids: list[str]
     test_probs: torch.Tensor  # (n_test, n_classes) float32 softmax probabilities, TTA
     valid_ids: list[str]
     valid_probs: torch.Tensor  # (n_valid, n_classes), TTA
+    valid_probs_plain: torch.Tensor  # (n_valid, n_classes), one plain pass: what TTA adds is measurable
     valid_targets: torch.Tensor  # (n_valid,) int64 indices into vocab
+    # pipeline.splits.Split.record(): strategy, seed, fold, n_folds, n_images (training images split)
+    split: dict[str, Any]
     weight: float = 1.0
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -46,15 +50,22 @@ class Predictions:
         """Shapes and types agree with each other; raises PipelineError naming `where`."""
         n_classes = len(self.vocab)
         problems = []
-        if self.test_probs.dtype != torch.float32 or self.valid_probs.dtype != torch.float32:
+        probs_by_name = {
+            "test_probs": (self.test_probs, self.test_ids),
+            "valid_probs": (self.valid_probs, self.valid_ids),
+            "valid_probs_plain": (self.valid_probs_plain, self.valid_ids),
+        }
+        if any(probs.dtype != torch.float32 for probs, _ in probs_by_name.values()):
             problems.append("probabilities are not float32")
-        for name, probs, ids in (("test", self.test_probs, self.test_ids), ("valid", self.valid_probs, self.valid_ids)):
+        for name, (probs, ids) in probs_by_name.items():
             if tuple(probs.shape) != (len(ids), n_classes):
-                problems.append(f"{name}_probs is {tuple(probs.shape)}, expected ({len(ids)}, {n_classes})")
+                problems.append(f"{name} is {tuple(probs.shape)}, expected ({len(ids)}, {n_classes})")
         if tuple(self.valid_targets.shape) != (len(self.valid_ids),):
             problems.append("valid_targets does not match valid_ids")
         if len(set(self.test_ids)) != len(self.test_ids):
             problems.append("test_ids repeat")
+        if len(set(self.valid_ids)) != len(self.valid_ids):
+            problems.append("valid_ids repeat")
         if problems:
             raise PipelineError(f"prediction file {where} is inconsistent: {'; '.join(problems)}")
 

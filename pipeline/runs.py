@@ -1,4 +1,5 @@
-"""Expand a model config into its runs, one per variant, with every setting resolved.
+"""Expand a model config into its runs, one per variant (one per variant and fold under
+data.split=kfold), with every setting resolved.
 
 Precedence for epochs and lr: `train.*` on the command line, then the variant, then the model
 file. accum likewise, with the probe's choice (pipeline.memory_probe) between `train.accum` and the
@@ -7,7 +8,7 @@ variant. batch_size: the variant, then the model file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.errors import PipelineError
@@ -31,10 +32,17 @@ class RunSpec:
     lr: float
     batch_size: int
     weight: float
+    fold: int | None = None
+    n_folds: int | None = None
 
     @property
     def micro_batch(self) -> int:
         return self.batch_size // self.accum
+
+    @property
+    def member(self) -> str:
+        """The ensemble member this run belongs to: its name without the fold suffix."""
+        return self.name if self.fold is None else self.name.removesuffix(f"_fold{self.fold}")
 
 
 def variant_name(resize: str, item_size: tuple[int, ...], size: tuple[int, ...]) -> str:
@@ -88,4 +96,13 @@ def resolve_runs(cfg: Any, probed: dict[str, int] | None = None) -> list[RunSpec
     names = [r.name for r in runs]
     if len(set(names)) < len(names):
         raise PipelineError(f"model {model.name} has two variants named alike ({names}): give them names")
-    return runs
+    return _per_fold(runs, cfg.data) if cfg.data.split == "kfold" else runs
+
+
+def _per_fold(runs: list[RunSpec], data: Any) -> list[RunSpec]:
+    """Each variant once per fold, named <run>_fold<k>."""
+    if data.folds < 2:
+        raise PipelineError(f"data.split=kfold needs data.folds of at least 2, got {data.folds}")
+    return [
+        replace(run, name=f"{run.name}_fold{k}", fold=k, n_folds=data.folds) for run in runs for k in range(data.folds)
+    ]

@@ -24,6 +24,7 @@ from pipeline.predictions import Predictions, load, save
 from pipeline.provenance import environment, run_hash
 from pipeline.report import format_table
 from pipeline.runs import RunSpec, resolve_runs
+from pipeline.splits import Split, make_split
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[-1] if lines else ''}"
 
 
+def run_split(cfg: Any, comp: Competition, run: RunSpec, seed: int | None) -> Split:
+    """The run's validation images under data.split (a fold of it under kfold)."""
+    labels = [p.parent.name for p in comp.train_files]
+    return make_split(
+        labels, cfg.data.split, valid_pct=cfg.data.valid_pct, seed=seed, fold=run.fold, n_folds=run.n_folds
+    )
+
+
 def train_run(
     cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any], ckpt: RunCheckpoint | None
 ) -> Predictions:
@@ -61,15 +70,11 @@ def train_run(
     from pipeline.fast_tta import tta
     from pipeline.learner import build_learner, fit, last_valid_error
 
-    seed = ckpt.split_seed(cfg.data.seed) if ckpt else cfg.data.seed
+    split = run_split(
+        cfg, comp, run, ckpt.split_seed(cfg.data.seed) if ckpt else cfg.data.seed
+    )  # a resumed run keeps its split
     dls = make_dataloaders(
-        comp,
-        run,
-        valid_pct=cfg.data.valid_pct,
-        seed=seed,
-        num_workers=cfg.data.num_workers,
-        device=device,
-        perf=cfg.perf,
+        comp, run, valid_idx=split.valid_idx, num_workers=cfg.data.num_workers, device=device, perf=cfg.perf
     )
     cbs = [instantiate(c) for c in cfg.train.callbacks]
     start_epoch = 0
@@ -84,6 +89,7 @@ def train_run(
         fit(learn, run, start_epoch)
         fit_s = time.perf_counter() - start
         valid_error = last_valid_error(learn)
+        valid_probs_plain, _ = learn.get_preds(ds_idx=1)
         start = time.perf_counter()
         n, beta, fast = cfg.tta.n, cfg.tta.beta, cfg.perf.fast_tta  # fast paths: pipeline/perf.py
         test_probs, _ = tta(learn, dls.test_dl(comp.test_files), n, beta, fast)
@@ -97,16 +103,19 @@ def train_run(
         if device == "cuda":
             torch.cuda.empty_cache()
     valid_probs = valid_probs.float()
-    env = environment(device) | {"split_seed": seed, "split_seed_configured": cfg.data.seed is not None}
+    env = environment(device) | {"split_seed_configured": cfg.data.seed is not None}
     return Predictions(
         run=run.name,
+        member=run.member,
         arch=run.arch,
         vocab=list(comp.vocab),
         test_ids=comp.test_ids,
         test_probs=test_probs.float().contiguous(),
         valid_ids=valid_ids,
         valid_probs=valid_probs.contiguous(),
+        valid_probs_plain=valid_probs_plain.float().contiguous(),
         valid_targets=valid_targets.long(),
+        split=split.record(),
         weight=run.weight,
         metrics={
             "valid_error": valid_error,

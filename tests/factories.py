@@ -8,15 +8,19 @@ from pipeline.runs import RunSpec
 
 def make_preds(run="r1", test_ids=("a.jpg", "b.jpg", "c.jpg"), vocab=("cat", "dog"), seed=0, **kw) -> Predictions:
     g = torch.Generator().manual_seed(seed)
+    valid_probs = kw.pop("valid_probs", torch.tensor([[0.9, 0.1], [0.3, 0.7]]))
     fields = dict(
         run=run,
+        member=run,
         arch="tf_efficientnet_lite0",
         vocab=list(vocab),
         test_ids=list(test_ids),
         test_probs=torch.rand(len(test_ids), len(vocab), generator=g).softmax(1),
         valid_ids=["cat/v1.jpg", "dog/v2.jpg"],
-        valid_probs=torch.tensor([[0.9, 0.1], [0.3, 0.7]]),
+        valid_probs=valid_probs,
+        valid_probs_plain=valid_probs.clone(),
         valid_targets=torch.tensor([0, 1]),
+        split={"strategy": "holdout", "seed": 42, "fold": None, "n_folds": None, "n_images": 10},
         metrics={"valid_error": 0.5},
         config={"model": {"name": "m", "variants": [{"size": [224]}]}, "data": {"seed": None}},
     )

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from pipeline import predictions
-from pipeline.blending import aligned, blend, select_files, weighted_mean
+from pipeline.blending import blend, select_files
 from pipeline.errors import PipelineError
+from pipeline.members import aligned
 from tests.conftest import compose
 from tests.factories import make_preds
 
@@ -36,12 +37,6 @@ def save(tmp_path, preds):
     return predictions.save(preds, tmp_path / "preds" / f"{preds.run}.pt")
 
 
-def test_weighted_mean_known_answer():
-    stack = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
-    assert weighted_mean(stack, np.array([3.0, 1.0])).tolist() == [[0.75, 0.25]]
-    assert weighted_mean(stack, np.array([1.0, 1.0])).tolist() == [[0.5, 0.5]]
-
-
 def test_alignment_is_by_id_not_position():
     probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.6, 0.4]])
     out = aligned(probs[::-1], IDS[::-1], IDS)
@@ -60,16 +55,17 @@ def test_blend_writes_sample_order_with_weights(tmp_path, comp_root):
     assert list(sub.image_id) == ["c.jpg", "a.jpg", "b.jpg"]
     # c: 0.25*0.99 + 0.75*0.45 = 0.585 cat; a: 0.25*0.9 + 0.75*0.3 = 0.45 cat -> dog; b likewise dog
     assert list(sub.label) == ["cat", "dog", "dog"]
-    assert result.weights.tolist() == [1.0, 3.0]
+    assert result.chosen.weights.tolist() == [0.25, 0.75]
     record = json.loads((tmp_path / "sub.csv.json").read_text())
-    assert [(r["run"], r["weight"]) for r in record["runs"]] == [("x", 1.0), ("y", 3.0)]
+    assert [(r["run"], r["weight"]) for r in record["runs"]] == [("x", 0.25), ("y", 0.75)]
+    assert record["weighting"] == "config" and record["mean"] == "arithmetic"
 
 
 def test_run_weight_comes_from_training_config_by_default(tmp_path, comp_root):
     save(tmp_path, make_preds("vit", weight=2.0)), save(tmp_path, make_preds("convnext", seed=1))
     result = blend(blend_cfg(tmp_path, comp_root))
-    weights = dict(zip([r.run for r in result.runs], result.weights.tolist(), strict=True))
-    assert weights == {"vit": 2.0, "convnext": 1.0}
+    weights = dict(zip([m.name for m in result.members], result.chosen.weights.tolist(), strict=True))
+    assert weights == pytest.approx({"vit": 2 / 3, "convnext": 1 / 3})
 
 
 def test_runs_selected_by_glob(tmp_path, comp_root):
@@ -117,6 +113,11 @@ def test_bad_weights(tmp_path, comp_root, weights, message):
         blend(blend_cfg(tmp_path, comp_root, f"+blend.weights.{weights}"))
 
 
+def _valid_acc(result, weighting="config"):
+    (row,) = [r for r in result.weighting_rows if r["weighting"].split()[0] == weighting]
+    return row["valid acc"]
+
+
 def test_blend_valid_accuracy_needs_a_shared_validation_set(tmp_path, comp_root):
     save(tmp_path, make_preds("a"))
     save(
@@ -128,13 +129,28 @@ def test_blend_valid_accuracy_needs_a_shared_validation_set(tmp_path, comp_root)
             valid_targets=torch.tensor([1, 0]),
         ),
     )
-    assert blend(blend_cfg(tmp_path, comp_root)).blend_valid_acc == 1.0
+    assert _valid_acc(blend(blend_cfg(tmp_path, comp_root))) == 1.0
     save(tmp_path, make_preds("c", valid_ids=["cat/v9.jpg", "dog/v2.jpg"]))
-    assert blend(blend_cfg(tmp_path, comp_root)).blend_valid_acc is None
+    result = blend(blend_cfg(tmp_path, comp_root))
+    assert result.valid is None and _valid_acc(result) is None
+    assert set(result.weighted) == {"config", "equal"}  # nothing to search on
+
+
+@pytest.mark.parametrize("weighting", ["greedy", "optimize"])
+def test_search_over_mismatched_validation_ids_is_refused(tmp_path, comp_root, weighting):
+    save(tmp_path, make_preds("a"))
+    save(tmp_path, make_preds("c", valid_ids=["cat/v9.jpg", "dog/v2.jpg"]))
+    with pytest.raises(
+        PipelineError,
+        match=rf"blend.weighting={weighting} .* c \(holdout\) and a \(holdout\) were validated on different "
+        r"images \(2 and 2, 1 in common\)",
+    ):
+        blend(blend_cfg(tmp_path, comp_root, f"blend.weighting={weighting}"))
+    assert not (tmp_path / "sub.csv").exists()
 
 
 def test_test_accuracy_against_true_labels(tmp_path, comp_root):
     pd.DataFrame({"image_id": IDS, "label": ["dog", "dog", "cat"]}).to_csv(comp_root / "truth.csv", index=False)
     save(tmp_path, make_preds("a", test_probs=torch.tensor([[0.1, 0.9], [0.9, 0.1], [0.9, 0.1]])))
     result = blend(blend_cfg(tmp_path, comp_root, f"data.test_labels={comp_root / 'truth.csv'}"))
-    assert result.test_acc == pytest.approx(2 / 3)
+    assert result.chosen.test_acc == pytest.approx(2 / 3)

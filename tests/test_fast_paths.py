@@ -180,13 +180,15 @@ def learner(paddy_root, weights_dir):
     """A real tf_efficientnet_lite0 learner on the fast paths, and the scanned competition."""
     from pipeline.data import make_dataloaders, scan_competition
     from pipeline.learner import build_learner
+    from pipeline.splits import make_split
 
     cfg = compose("config", [f"perf.cache_dir={paddy_root.parent / 'cache'}"])
     run = replace(RUN, weights=str(weights_dir / "tf_efficientnet_lite0.safetensors"), item_size=(64,))
     comp = scan_competition(paddy_root)
-    dls = make_dataloaders(comp, run, valid_pct=0.2, seed=0, num_workers=None, device="cpu", perf=cfg.perf)
+    split = make_split([f.parent.name for f in comp.train_files], "random", valid_pct=0.2, seed=0)
+    dls = make_dataloaders(comp, run, valid_idx=split.valid_idx, num_workers=None, device="cpu", perf=cfg.perf)
     kwargs = {"pretrained_cfg_overlay": {"file": run.weights}}
-    return build_learner(dls, run, "cpu", kwargs, channels_last=True), comp
+    return build_learner(dls, run, "cpu", kwargs, [], channels_last=True), comp
 
 
 @pytest.mark.slow

@@ -68,14 +68,17 @@ def test_a_diverging_run_fails_alone(demo_root, weights_dir, tmp_path, caplog):
 
 
 def test_prediction_files_record_how_they_were_made(demo_root, weights_dir, tmp_path):
-    (result,) = train_model(compose("config", tiny_run_overrides(demo_root, weights_dir, tmp_path)))
-    env = predictions.load(result.path).environment
+    overrides = [*tiny_run_overrides(demo_root, weights_dir, tmp_path), "data.split=random", "data.seed=null"]
+    (result,) = train_model(compose("config", overrides))
+    preds = predictions.load(result.path)
+    env = preds.environment
     assert torch.__version__.startswith(env["packages"]["torch"])
     assert env["packages"]["fastai"] and env["packages"]["timm"] and env["python"]
     assert len(env["git_commit"]) == 40 and isinstance(env["git_dirty"], bool)
     assert env["device"] == "cpu" and env["device_name"]
-    # no seed configured: the split seed drawn for the run is recorded, and that it was drawn
-    assert env["split_seed_configured"] is False and isinstance(env["split_seed"], int)
+    # no seed configured, as in the reference recipe: that is recorded, and so is the seed drawn for the split
+    assert env["split_seed_configured"] is False
+    assert preds.split["strategy"] == "random" and isinstance(preds.split["seed"], int)
 
 
 def _train_cli(*overrides: str) -> list[str]:
