@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,17 @@ def make_split(
     elif not 0 < valid_pct < 1:
         raise PipelineError(f"data.valid_pct must be between 0 and 1, got {valid_pct}")
     placeholder = np.zeros(n)
+    unstratified = np.random.default_rng(seed).permutation(n)[: int(valid_pct * n)]
     try:
         if strategy == "random":
-            valid = np.random.default_rng(seed).permutation(n)[: int(valid_pct * n)]
+            valid = unstratified
         elif strategy == "holdout":
             splitter = StratifiedShuffleSplit(n_splits=1, test_size=valid_pct, random_state=seed)
-            _, valid = next(splitter.split(placeholder, labels))
+            try:
+                _, valid = next(splitter.split(placeholder, labels))
+            except ValueError as e:  # fewer held-out images than classes: still one shared split
+                log.warning("holdout split not stratified (%s): a seeded random split instead", e)
+                valid = unstratified
         else:
             folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
             _, valid = list(folds.split(placeholder, labels))[fold]

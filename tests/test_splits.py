@@ -41,11 +41,16 @@ def test_random_without_seed_draws_a_split_per_run_and_records_its_seed():
     assert np.array_equal(a.valid_idx, again.valid_idx)  # the recorded seed reproduces it
 
 
+def test_holdout_too_small_to_stratify_is_still_one_seeded_split(caplog):
+    a, b = (make_split(LABELS, "holdout", valid_pct=0.03, seed=0) for _ in range(2))
+    assert len(a.valid_idx) == 3 and np.array_equal(a.valid_idx, b.valid_idx)
+    assert "holdout split not stratified" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("strategy", "kwargs", "message"),
     [
         ("holdout", {"seed": None}, "data.split=holdout shares one split between runs: set data.seed"),
-        ("holdout", {"seed": 0, "valid_pct": 0.03}, "data.split=holdout is impossible on these 100 images"),
         ("kfold", {"seed": 0, "fold": 0, "n_folds": 50}, "data.split=kfold is impossible on these 100 images"),
         ("random", {"seed": 0, "valid_pct": 1.5}, "data.valid_pct must be between 0 and 1"),
     ],
