@@ -13,25 +13,10 @@ import torch
 from PIL import Image
 
 from pipeline.image_cache import cache_key, open_cache, resize_is_deterministic
-from pipeline.runs import RunSpec
 from tests.conftest import PADDY_SAMPLE, compose
+from tests.factories import make_run
 
-RUN = RunSpec(
-    name="t",
-    model="m",
-    arch="tf_efficientnet_lite0",
-    pretrained=True,
-    weights=None,
-    resize="squish",
-    item_size=(96,),
-    size=(32,),
-    min_scale=0.75,
-    accum=1,
-    epochs=1,
-    lr=0.01,
-    batch_size=8,
-    weight=1.0,
-)
+RUN = make_run(resize="squish", item_size=(96,), size=(32,), accum=1, batch_size=8)
 
 
 @pytest.fixture
