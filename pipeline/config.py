@@ -125,9 +125,15 @@ class PerfConfig:
 
 
 @dataclass
-class TrainAppConfig:
+class AppConfig:
+    """What every command on a competition's data shares: where files go, and the data."""
+
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = MISSING
+
+
+@dataclass
+class TrainAppConfig(AppConfig):
     model: ModelConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
@@ -167,9 +173,7 @@ class BlendConfig:
 
 
 @dataclass
-class BlendAppConfig:
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    data: DataConfig = MISSING
+class BlendAppConfig(AppConfig):
     blend: BlendConfig = field(default_factory=BlendConfig)
 
 
@@ -205,9 +209,7 @@ class BenchConfig:
 
 
 @dataclass
-class BenchAppConfig:
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    data: DataConfig = MISSING
+class BenchAppConfig(AppConfig):
     perf: PerfConfig = field(default_factory=PerfConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -245,9 +247,7 @@ class DownloadConfig:
 
 
 @dataclass
-class DownloadAppConfig:
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    data: DataConfig = MISSING
+class DownloadAppConfig(AppConfig):
     kaggle: KaggleConfig = field(default_factory=KaggleConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
 
@@ -265,9 +265,7 @@ class SubmitConfig:
 
 
 @dataclass
-class SubmitAppConfig:
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    data: DataConfig = MISSING
+class SubmitAppConfig(AppConfig):
     # Only for blend.output, the default of submit.file: one source of truth for where blends go.
     blend: BlendConfig = field(default_factory=BlendConfig)
     kaggle: KaggleConfig = field(default_factory=KaggleConfig)
