@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 @hydra.main(config_path="../conf", config_name="blend", version_base="1.3")
 @exit_on_error
 def main(cfg) -> None:
-    from pipeline.blend_report import terminal_table
-    from pipeline.blending import blend
+    from pipeline.ensemble.report import terminal_table
+    from pipeline.ensemble.writing import blend
 
     log.info("\n%s", terminal_table(blend(cfg)))
 

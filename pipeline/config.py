@@ -57,7 +57,7 @@ class DataConfig:
     split: SplitStrategy = SplitStrategy.holdout
     valid_pct: float = 0.2
     folds: int = 5
-    seed: int | None = None
+    seed: int | None = 42
     num_workers: int | None = None
     test_labels: str | None = None
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 @hydra.main(config_path="../conf", config_name="download", version_base="1.3")
 @exit_on_error
 def main(cfg) -> None:
-    from pipeline.downloading import download, layout_table
+    from pipeline.kaggle.competition_files import download, layout_table
 
     log.info("\n%s", layout_table(download(cfg)))
 

@@ -22,6 +22,12 @@ class PipelineError(Exception):
     """Bad input or a missing prerequisite: the message says what is wrong and what to do."""
 
 
+def one_line(e: BaseException) -> str:
+    """The gist of an exception: fastai prefixes callback errors with a line naming the callback."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+
+
 class JobFailed(str):
     """What a multirun job returns instead of exiting: its one-line error."""
 

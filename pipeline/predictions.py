@@ -33,7 +33,7 @@ class Predictions:
     valid_probs: torch.Tensor  # (n_valid, n_classes), TTA
     valid_probs_plain: torch.Tensor  # (n_valid, n_classes), one plain pass: what TTA adds is measurable
     valid_targets: torch.Tensor  # (n_valid,) int64 indices into vocab
-    # pipeline.splits.Split.record(): strategy, seed, fold, n_folds, n_images (training images split)
+    # pipeline.data.splits.Split.record(): strategy, seed, fold, n_folds, n_images (training images split)
     split: dict[str, Any]
     weight: float = 1.0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -42,7 +42,7 @@ class Predictions:
     config: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     device: str = ""
-    run_hash: str = ""  # identity of the run's inputs (pipeline.provenance.run_hash)
+    run_hash: str = ""  # identity of the run's inputs (pipeline.training.provenance.run_hash)
     environment: dict[str, Any] = field(default_factory=dict)  # versions, git commit, device, split seed
     path: Path | None = None  # where it was loaded from; not stored
 

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 @hydra.main(config_path="../conf", config_name="prepare_demo", version_base="1.3")
 @exit_on_error
 def main(cfg) -> None:
-    from pipeline.demo_data import build_demo
-    from pipeline.weights import LITE_PACKAGES, convert_lite_weights
+    from pipeline.data.demo import build_demo
+    from pipeline.training.pretrained import LITE_PACKAGES, convert_lite_weights
 
     d = cfg.demo
     root = build_demo(

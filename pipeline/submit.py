@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 @hydra.main(config_path="../conf", config_name="submit", version_base="1.3")
 @exit_on_error
 def main(cfg) -> None:
-    from pipeline.submitting import log_table, submit
+    from pipeline.kaggle.uploads import log_table, submit
 
     if not cfg.submit.list:
         result = submit(cfg)

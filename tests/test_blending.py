@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from pipeline import predictions
-from pipeline.blending import blend, select_files
+from pipeline.ensemble.compute import select_files
+from pipeline.ensemble.members import aligned
+from pipeline.ensemble.writing import blend
 from pipeline.errors import PipelineError
-from pipeline.members import aligned
 from tests.conftest import compose
 from tests.factories import make_preds
 

@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from pipeline.errors import PipelineError
-from pipeline.runs import resolve_runs, variant_name
+from pipeline.training.specs import resolve_runs, variant_name
 from tests.conftest import CONF, REPO, compose
 
 REFERENCE = {  # fast.ai lesson 7's final six runs: arch, resize, item size, aug size, blend weight
@@ -116,10 +116,54 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 def test_cli_modules_do_not_import_heavy_libraries():
     # --help, config errors and blending must not pay for fastai/timm/kaggle imports.
     code = (
-        "import sys, pipeline.train, pipeline.blend, pipeline.blending, pipeline.training, pipeline.prepare_demo,"
-        " pipeline.probe, pipeline.memory_probe, pipeline.bench, pipeline.benchmark;"
+        "import sys, pipeline.train, pipeline.blend, pipeline.ensemble.writing, pipeline.training.runner,"
+        " pipeline.prepare_demo, pipeline.probe, pipeline.training.memory_probe, pipeline.bench,"
+        " pipeline.fast.benchmark;"
         "print(sorted(m for m in ('fastai', 'timm', 'kaggle') if m in sys.modules))"
     )
     out = _cli("-c", code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+ROOT_SCHEMAS = {
+    "config": "TrainAppConfig",
+    "blend": "BlendAppConfig",
+    "bench": "BenchAppConfig",
+    "prepare_demo": "PrepareDemoAppConfig",
+    "download": "DownloadAppConfig",
+    "submit": "SubmitAppConfig",
+}
+
+
+def _leaves(node, prefix=""):
+    """(dotted key, raw value) of every leaf, interpolations unresolved."""
+    from omegaconf import DictConfig, OmegaConf
+
+    for key in node:
+        value = node._get_node(key)
+        if isinstance(value, DictConfig) and not value._is_none() and not value._is_missing():
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", OmegaConf.to_container(OmegaConf.create({"v": value._value()}))["v"]
+
+
+@pytest.mark.parametrize("root", sorted(ROOT_SCHEMAS))
+def test_yaml_defaults_agree_with_the_schema(root):
+    """Each default is declared twice, documented in conf/ and typed in pipeline/config.py: they must agree."""
+    from omegaconf import OmegaConf
+
+    import pipeline.config as schema
+
+    defaults = dict(_leaves(OmegaConf.structured(getattr(schema, ROOT_SCHEMAS[root]))))
+    if "data" in defaults:  # a group the root leaves MISSING: its schema against the default choice
+        defaults |= {f"data.{k}": v for k, v in _leaves(OmegaConf.structured(schema.DataConfig))}
+    composed = compose(root)
+    OmegaConf.set_struct(composed, False)
+    composed.pop("hydra", None)
+    differ = {
+        key: (defaults[key], value)
+        for key, value in _leaves(composed)
+        if key in defaults and defaults[key] != "???" and defaults[key] != value
+    }
+    assert differ == {}, f"conf/ and pipeline/config.py disagree (schema, yaml): {differ}"

@@ -4,7 +4,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from pipeline.data import scan_competition
+from pipeline.data.competition import scan_competition
 from pipeline.errors import PipelineError
 
 PADDY_LABELS = [

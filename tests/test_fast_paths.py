@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.image_cache import cache_key, open_cache, resize_is_deterministic
+from pipeline.fast.image_cache import cache_key, open_cache, resize_is_deterministic
 from tests.conftest import PADDY_SAMPLE, compose
 from tests.factories import make_run
 
@@ -36,7 +36,7 @@ def plain(path, run):
     """The plain path: fastai's PILImage.create and the run's Resize, in training mode."""
     from fastai.vision.core import PILImage
 
-    from pipeline.transforms import item_tfms
+    from pipeline.data.transforms import item_tfms
 
     (resize,) = item_tfms(run)
     return np.asarray(resize(PILImage.create(path), split_idx=0))
@@ -131,7 +131,7 @@ def _augment(tfms, x, split_idx, seed):
 def test_fused_augmentation_matches_fastai(batch):
     from fastai.vision.augment import aug_transforms
 
-    from pipeline.fast_aug import AffineResizedCrop, fuse_affine_and_crop
+    from pipeline.fast.augment import AffineResizedCrop, fuse_affine_and_crop
 
     fused = fuse_affine_and_crop(aug_transforms(size=64, min_scale=0.75))
     assert sum(isinstance(t, AffineResizedCrop) for t in fused) == 1 and len(fused) == 2  # + lighting
@@ -154,7 +154,7 @@ def test_fused_augmentation_matches_fastai(batch):
 def test_min_scale_one_has_nothing_to_fuse():
     from fastai.vision.augment import aug_transforms
 
-    from pipeline.fast_aug import fuse_affine_and_crop
+    from pipeline.fast.augment import fuse_affine_and_crop
 
     tfms = aug_transforms(size=64, min_scale=1.0)
     assert fuse_affine_and_crop(tfms) == tfms
@@ -163,24 +163,23 @@ def test_min_scale_one_has_nothing_to_fuse():
 @pytest.fixture(scope="module")
 def learner(paddy_root, weights_dir):
     """A real tf_efficientnet_lite0 learner on the fast paths, and the scanned competition."""
-    from pipeline.data import make_dataloaders, scan_competition
-    from pipeline.learner import build_learner
-    from pipeline.splits import make_split
+    from pipeline.data.competition import scan_competition
+    from pipeline.data.splits import make_split
+    from pipeline.training.learner import run_learner
 
     cfg = compose("config", [f"perf.cache_dir={paddy_root.parent / 'cache'}"])
     run = replace(RUN, weights=str(weights_dir / "tf_efficientnet_lite0.safetensors"), item_size=(64,))
     comp = scan_competition(paddy_root)
     split = make_split([f.parent.name for f in comp.train_files], "random", valid_pct=0.2, seed=0)
-    dls = make_dataloaders(comp, run, valid_idx=split.valid_idx, num_workers=None, device="cpu", perf=cfg.perf)
     kwargs = {"pretrained_cfg_overlay": {"file": run.weights}}
-    return build_learner(dls, run, "cpu", kwargs, [], channels_last=True), comp
+    return run_learner(cfg, comp, run, "cpu", kwargs, valid_idx=split.valid_idx), comp
 
 
 @pytest.mark.slow
 def test_one_load_tta_equals_learner_tta_without_augmentation_randomness(learner):
     from fastai.vision.all import IntToFloatTensor, Normalize, imagenet_stats
 
-    from pipeline.fast_tta import tta
+    from pipeline.fast.tta import tta
 
     learn, comp = learner
     test_dl = learn.dls.test_dl(comp.test_files, bs=3)  # 10 images: a partial last batch
@@ -203,11 +202,12 @@ def test_one_load_tta_equals_learner_tta_without_augmentation_randomness(learner
 
 
 def test_channels_last_and_workers_follow_the_device():
-    from pipeline import perf
+    from pipeline.data.loaders import loader_workers
+    from pipeline.training.learner import use_channels_last
 
     cfg = compose("config").perf
-    assert perf.channels_last(cfg, "cpu") and not perf.channels_last(cfg, "cuda")
-    assert perf.workers(None, "cpu", cfg) == 0 and perf.workers(None, "cuda", cfg) is None
-    assert perf.workers(3, "cpu", cfg) == 3
+    assert use_channels_last(cfg, "cpu") and not use_channels_last(cfg, "cuda")
+    assert loader_workers(None, "cpu", cfg) == 0 and loader_workers(None, "cuda", cfg) is None
+    assert loader_workers(3, "cpu", cfg) == 3
     off = compose("config", ["perf.channels_last=off", "perf.cache=false"]).perf
-    assert not perf.channels_last(off, "cpu") and perf.workers(None, "cpu", off) is None
+    assert not use_channels_last(off, "cpu") and loader_workers(None, "cpu", off) is None

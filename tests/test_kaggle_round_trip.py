@@ -19,11 +19,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import submissions_log
-from pipeline.demo_data import build_demo
-from pipeline.downloading import MARKER, download
+from pipeline.data.demo import build_demo
 from pipeline.errors import PipelineError
-from pipeline.submitting import log_table, submit
+from pipeline.kaggle import ledger
+from pipeline.kaggle.competition_files import MARKER, download
+from pipeline.kaggle.uploads import log_table, submit
 from tests.conftest import compose
 from tests.kaggle_stand_in import KEY, USERNAME, KaggleStandIn, route_kaggle_api
 
@@ -108,7 +108,7 @@ def submit_cfg(demo, outputs, *extra: str):
 
 
 def log_rows(outputs: Path) -> list[dict]:
-    return submissions_log.read(outputs / "kaggle_submissions.csv").to_dict("records")
+    return ledger.read(outputs / "kaggle_submissions.csv").to_dict("records")
 
 
 # -- download --------------------------------------------------------------------------------------

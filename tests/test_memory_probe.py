@@ -1,21 +1,26 @@
 """The memory probe on the CPU: real training steps in child processes, one per accum setting."""
 
+import logging
+import subprocess
+import sys
+
 import pytest
 
-from pipeline.data import scan_competition
+from pipeline.data.competition import scan_competition
 from pipeline.errors import PipelineError
-from pipeline.memory_probe import (
+from pipeline.training.memory_probe import (
     Measurement,
     chosen_accums,
+    probe_model,
     probe_run,
+    probe_subset,
     probe_table,
     read_accums,
-    smallest_class,
     write_accums,
 )
-from pipeline.runs import resolve_runs
-from pipeline.weights import timm_kwargs
-from tests.conftest import compose, tiny_run_overrides
+from pipeline.training.pretrained import timm_kwargs
+from pipeline.training.specs import resolve_runs
+from tests.conftest import REPO, compose, tiny_run_overrides
 
 
 @pytest.mark.slow
@@ -26,19 +31,76 @@ def test_peak_memory_falls_as_accum_rises(demo_root, weights_dir, tmp_path):
             *tiny_run_overrides(demo_root, weights_dir, tmp_path),
             "model.batch_size=16",
             "model.variants=[{resize: squish, item_size: [128], size: [128]}]",
+            # a budget nothing meets, so every setting is measured
+            "probe.accums=[1, 4]",
+            "probe.budget_gb=0.01",
+            "probe.steps=1",
         ],
     )
     (run,) = resolve_runs(cfg)
-    subset = smallest_class(scan_competition(demo_root))
+    subset = probe_subset(scan_competition(demo_root), run.batch_size + 1)
     assert len(subset.train_files) == 20 and len({f.parent for f in subset.train_files}) == 1
-    # a budget nothing meets, so every setting is measured
-    results = probe_run(subset, run, "cpu", timm_kwargs(run), [1, 4], budget_gb=0.01, steps=1)
+    results = probe_run(cfg, subset, run, "cpu", timm_kwargs(run))
     assert [(m.accum, m.micro_batch, m.fits) for m in results] == [(1, 16, False), (4, 4, False)]
     assert results[0].peak_gb > results[1].peak_gb > 0.1
     # with a budget between the two, the probe stops at the first setting that fits
-    budget = (results[0].peak_gb + results[1].peak_gb) / 2
-    fitting = probe_run(subset, run, "cpu", timm_kwargs(run), [4, 8], budget_gb=budget, steps=1)
+    cfg.probe.budget_gb = (results[0].peak_gb + results[1].peak_gb) / 2
+    cfg.probe.accums = [4, 8]
+    fitting = probe_run(cfg, subset, run, "cpu", timm_kwargs(run))
     assert [(m.accum, m.fits) for m in fitting] == [(4, True)]
+
+
+def test_probe_subset_starts_from_the_smallest_class_and_tops_up(paddy_root):
+    comp = scan_competition(paddy_root)  # 3 photos in each of 10 classes
+    subset = probe_subset(comp, 17)
+    labels = [f.parent.name for f in subset.train_files]
+    assert len(subset.train_files) == 17
+    assert labels[:3] == [comp.vocab[0]] * 3  # the smallest class (ties: by name) comes first in full
+    assert len(set(labels[3:13])) == 9 and comp.vocab[0] not in labels[3:12]  # topped up class by class
+    big = probe_subset(comp, 65)  # more than the folder holds: images repeat
+    assert len(big.train_files) == 65 and set(big.train_files) == set(comp.train_files)
+
+
+@pytest.mark.slow
+def test_probe_on_a_folder_whose_smallest_class_is_below_one_batch(paddy_root, weights_dir, tmp_path, caplog):
+    cfg = compose(
+        "config",
+        [
+            *tiny_run_overrides(paddy_root, weights_dir, tmp_path),
+            "model.batch_size=16",
+            "probe.accums=[1, 2]",
+            "probe.budget_gb=64",
+            "probe.steps=1",
+            "probe.write=true",
+            f"paths.probe={tmp_path / 'probe'}",
+        ],
+    )
+    with caplog.at_level(logging.INFO):
+        assert probe_model(cfg) == {"tiny_squish32_32": 1}
+    table = caplog.text[caplog.text.index("run  ") :].splitlines()
+    assert "peak GB" in table[0] and "tiny_squish32_32" in table[2] and table[2].rstrip().endswith("<-")
+    assert 0.1 < float(table[2].split()[3]) < 64
+    assert read_accums(tmp_path / "probe" / "tiny.yaml") == {"tiny_squish32_32": 1}
+
+
+@pytest.mark.slow
+def test_probe_child_failing_for_another_reason_stops_with_its_own_error(paddy_root, weights_dir, tmp_path):
+    not_a_dir = tmp_path / "cache-is-a-file"
+    not_a_dir.write_text("")
+    overrides = [
+        *tiny_run_overrides(paddy_root, weights_dir, tmp_path),
+        f"perf.cache_dir={not_a_dir}",  # the child cannot build the image cache
+        "probe.steps=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    probe = subprocess.run(
+        [sys.executable, "-m", "pipeline.probe", *overrides], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert probe.returncode == 2, probe.stderr[-2000:]
+    (line,) = [line for line in probe.stderr.splitlines() if line.startswith("error:")]
+    assert probe.stderr.strip().endswith(line)
+    assert line.startswith("error: probing tiny_squish32_32 at accum 1 failed: FileExistsError")
+    assert "OOM" not in probe.stdout + probe.stderr and "Traceback" not in probe.stderr
 
 
 def test_chosen_accums_table_and_file(tmp_path):

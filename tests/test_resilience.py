@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline import predictions
-from pipeline.training import RunsFailed, train_model
+from pipeline.training.runner import RunsFailed, train_model
 from tests.conftest import REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.data.splits import make_split
+from pipeline.ensemble.members import assemble_members
 from pipeline.errors import PipelineError
-from pipeline.members import assemble_members
-from pipeline.runs import resolve_runs
-from pipeline.splits import make_split
+from pipeline.training.specs import resolve_runs
 from tests.conftest import compose
 from tests.factories import make_preds
 

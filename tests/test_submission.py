@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
+from pipeline.data.submission_csv import accuracy_against, validate_submission, write_submission
 from pipeline.errors import PipelineError
-from pipeline.submission import accuracy_against, validate_submission, write_submission
 
 VOCAB = ["blast", "normal"]
 

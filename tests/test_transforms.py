@@ -3,7 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline.transforms import as_size, batch_tfms, item_tfms
+from pipeline.data.transforms import as_size, batch_tfms, item_tfms
 from tests.conftest import PADDY_SAMPLE
 from tests.factories import make_run
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from pipeline.ensemble import blend_probs, leave_one_out_accuracy
+from pipeline.ensemble.arithmetic import blend_probs, leave_one_out_accuracy
+from pipeline.ensemble.weight_search import cross_fitted, greedy_weights, optimize_weights
 from pipeline.errors import PipelineError
-from pipeline.weight_search import cross_fitted, greedy_weights, optimize_weights
 
 GREEDY = dict(steps=20, init=1, bags=1, bag_fraction=0.5, seed=0)
 

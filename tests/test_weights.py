@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.weights import check_arch, lite_source_file, timm_kwargs
+from pipeline.training.pretrained import check_arch, lite_source_file, timm_kwargs
 from tests.factories import make_run
 
 RUN = make_run(resize="squish", item_size=(32,), size=(32,), accum=1, batch_size=8)
@@ -46,14 +46,14 @@ def test_no_network_and_no_cache_fails_at_once(tmp_path, monkeypatch):
     # An empty cache, and the hub pointed at a loopback port where nothing listens.
     from huggingface_hub import constants
 
-    from pipeline import weights
+    from pipeline.training import pretrained
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # restored afterwards; the check sets it
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    weights.hub_reachable.cache_clear()
+    pretrained.hub_reachable.cache_clear()
     start = time.perf_counter()
     with pytest.raises(PipelineError) as err:
         timm_kwargs(replace(RUN, arch="vit_large_patch16_224"))
@@ -61,7 +61,7 @@ def test_no_network_and_no_cache_fails_at_once(tmp_path, monkeypatch):
     message = str(err.value)
     assert "no pretrained weights for vit_large_patch16_224" in message
     assert "set model.weights=" in message and "\n" not in message
-    weights.hub_reachable.cache_clear()
+    pretrained.hub_reachable.cache_clear()
 
 
 def test_random_init_needs_no_weights():

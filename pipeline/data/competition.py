@@ -1,4 +1,4 @@
-"""The competition layout: scan and check a data folder, then build fastai DataLoaders from it.
+"""The competition layout: scan and check a data folder before anything is trained.
 
 Layout (as Kaggle's Paddy Doctor ships it):
     train_images/<label>/<image_id>.jpg
@@ -10,20 +10,13 @@ Layout (as Kaggle's Paddy Doctor ships it):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from pipeline.data.submission_csv import read_sample_submission
 from pipeline.errors import PipelineError
-from pipeline.submission import read_sample_submission
-
-if TYPE_CHECKING:
-    from fastai.data.core import DataLoaders
-
-    from pipeline.runs import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -108,42 +101,3 @@ def scan_competition(root: str | Path) -> Competition:
     if len(vocab) < len(label_dirs):
         raise PipelineError(f"after skipping unreadable images, some label folders in {train_dir} are empty")
     return Competition(root, vocab, train_files, test_files, skipped)
-
-
-def make_dataloaders(
-    comp: Competition,
-    run: RunSpec,
-    *,
-    valid_idx: Sequence[int],
-    num_workers: int | None,
-    device: str,
-    perf: Any = None,
-) -> DataLoaders:
-    """fastai DataLoaders over the training images, `valid_idx` (see pipeline.splits) held out.
-
-    Batches hold the run's micro-batch; GradientAccumulation makes `run.batch_size` one step.
-    `perf` (conf/perf/) turns on the fast paths; None is plain fastai."""
-    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, IndexSplitter, parent_label
-
-    from pipeline.transforms import batch_tfms, item_tfms
-
-    n_train = len(comp.train_files) - len(valid_idx)
-    if n_train < run.batch_size:
-        raise PipelineError(
-            f"{n_train} training images are fewer than one batch of {run.batch_size}: lower model.batch_size"
-        )
-    images, augment = ImageBlock, batch_tfms(run)
-    if perf is not None:  # fast paths (pipeline/perf.py): cached images, fused augmentation, workers
-        from pipeline import perf as fast
-
-        images, augment = fast.image_block(comp, run, perf), fast.augmentations(run, perf)
-        num_workers = fast.workers(num_workers, device, perf)
-    block = DataBlock(
-        blocks=(images, CategoryBlock(vocab=comp.vocab)),
-        splitter=IndexSplitter(valid_idx),
-        get_y=parent_label,
-        item_tfms=item_tfms(run),
-        batch_tfms=augment,
-    )
-    kwargs = {} if num_workers is None else {"num_workers": num_workers}
-    return block.dataloaders(comp.train_files, bs=run.micro_batch, device=device, **kwargs)

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import scan_competition
+from pipeline.data.competition import scan_competition
 from pipeline.errors import PipelineError
-from pipeline.kaggle_api import call, client_output, connect
-from pipeline.report import format_table
+from pipeline.kaggle.client import call, client_output, connect
+from pipeline.tables import format_table
 
 log = logging.getLogger(__name__)
 

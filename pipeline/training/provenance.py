@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from pipeline.runs import RunSpec
+from pipeline.training.specs import RunSpec
 
 PACKAGES = ("torch", "torchvision", "timm", "fastai", "fastcore", "numpy", "pandas", "pillow", "hydra-core")
 REPO = Path(__file__).resolve().parents[1]

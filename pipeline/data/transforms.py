@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fasttransform import Transform
 
-    from pipeline.runs import RunSpec
+    from pipeline.training.specs import RunSpec
 
 
 def as_size(size: tuple[int, ...]) -> int | tuple[int, int]:

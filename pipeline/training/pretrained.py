@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
-from pipeline.runs import RunSpec
+from pipeline.training.specs import RunSpec
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.ensemble import EPS, blend_probs, chunks, log_probs, softmax
+from pipeline.ensemble.arithmetic import EPS, blend_probs, chunks, log_probs, softmax
 from pipeline.errors import PipelineError
 
 Fit = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (stack, targets) -> weights

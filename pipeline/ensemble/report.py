@@ -1,103 +1,28 @@
-"""What a blend is made of and what each part adds: figures, a static HTML report, a terminal table.
+"""A blend result rendered: the terminal table, the static HTML report and the confusion-matrix PNG.
 
-The report (`<output stem>.report.html`, self-contained: it renders in a browser and in a notebook
-via IPython.display.HTML) and `<output stem>.confusion.png` are written beside the submission CSV.
+Rendering only: the figures come computed in the BlendResult (pipeline.ensemble.compute), and
+pipeline.ensemble.writing writes what is rendered here. The report is self-contained: it renders in
+a browser and in a notebook via IPython.display.HTML.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.fileio import atomic_path
-from pipeline.report import format_table
+from pipeline.tables import format_table
 
 if TYPE_CHECKING:
-    from pipeline.blending import BlendResult
+    from pipeline.ensemble.compute import BlendResult
 
-WEIGHTINGS = ("config", "equal", "greedy", "optimize")
 TERMINAL_RUNS = 20  # the terminal lists this many runs, heaviest first; the report lists all
 STYLE = "body{font-family:sans-serif;margin:2em} .table{border-collapse:collapse} .table td,.table th{padding:2px 8px}"
-
-
-def _scores(targets: np.ndarray, probs: np.ndarray | None, n_classes: int) -> tuple[float | None, float | None]:
-    """(accuracy, log loss), by scikit-learn."""
-    from sklearn.metrics import accuracy_score, log_loss
-
-    from pipeline.ensemble import as_probs
-
-    if probs is None:
-        return None, None
-    return float(accuracy_score(targets, probs.argmax(1))), float(
-        log_loss(targets, as_probs(probs), labels=range(n_classes))
-    )
-
-
-def run_rows(result: BlendResult) -> list[dict[str, Any]]:
-    """Per member: its weight under each weighting, validation accuracy and log loss with and without
-    TTA (on its own validation images; out-of-fold for a kfold variant), and what the chosen blend
-    loses without it (where the members share validation images)."""
-    from pipeline.ensemble import leave_one_out_accuracy
-
-    n_classes = len(result.vocab)
-    valid, chosen = result.valid, result.chosen
-    without = (
-        leave_one_out_accuracy(valid.stack, chosen.weights, valid.targets, result.mean)
-        if valid is not None
-        else [math.nan] * len(result.members)
-    )
-    blend_acc, _ = _scores(valid.targets, chosen.valid_probs, n_classes) if valid is not None else (None, None)
-    rows = []
-    for i, m in enumerate(result.members):
-        acc, loss = _scores(m.valid_targets, m.valid_probs, n_classes)
-        acc_plain, loss_plain = _scores(m.valid_targets, m.valid_probs_plain, n_classes)
-        left_out = None if math.isnan(without[i]) else float(without[i])
-        rows.append(
-            {
-                "run": m.name,
-                "split": m.split + (f" x{len(m.runs)}" if len(m.runs) > 1 else ""),
-                **{f"w {name}": float(w.weights[i]) for name, w in result.weighted.items()},
-                "acc TTA": acc,
-                "log loss TTA": loss,
-                "acc no TTA": acc_plain,
-                "log loss no TTA": loss_plain,
-                "blend acc without it": left_out,
-                "it adds": None if left_out is None else blend_acc - left_out,
-            }
-        )
-    return rows
-
-
-def weighting_rows(result: BlendResult) -> list[dict[str, Any]]:
-    """Per weighting: validation figures (in-sample: flattering for a searched weighting), the nested
-    estimate (weights fitted on one half, scored on the other, swapped) and the test accuracy."""
-    n_classes = len(result.vocab)
-    targets = None if result.valid is None else result.valid.targets
-    rows = []
-    for name in WEIGHTINGS:
-        if name not in result.weighted:
-            continue
-        w = result.weighted[name]
-        acc, loss = _scores(targets, w.valid_probs, n_classes)
-        nested_acc, nested_loss = _scores(targets, w.nested_probs, n_classes)
-        rows.append(
-            {
-                "weighting": name + (" *" if name == result.weighting else ""),
-                "valid acc": acc,
-                "valid log loss": loss,
-                "nested acc": nested_acc,
-                "nested log loss": nested_loss,
-                "test acc": w.test_acc,
-                "runs used": int((w.weights > 0).sum()),
-            }
-        )
-    return rows
 
 
 def _fmt(value: Any) -> str:
@@ -123,12 +48,12 @@ def terminal_table(result: BlendResult) -> str:
     lines += [
         "",
         f"* written: {result.output} ({result.weighting} weights, {result.mean} mean of {len(runs)} runs)",
-        f"report: {result.report}",
+        f"report: {result.report_path}",
     ]
     return "\n".join(lines)
 
 
-def confusion_png(path: Path, targets: np.ndarray, predicted: np.ndarray, vocab: list[str]) -> Path:
+def confusion_png(targets: np.ndarray, predicted: np.ndarray, vocab: list[str]) -> bytes:
     """The blend's confusion matrix on the validation images (counts; rows: true class)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders headless (Agg)
     from sklearn.metrics import confusion_matrix
@@ -146,21 +71,20 @@ def confusion_png(path: Path, targets: np.ndarray, predicted: np.ndarray, vocab:
     for (i, j), count in np.ndenumerate(matrix):  # one label per cell, classes x classes
         ax.text(j, i, count, ha="center", va="center", fontsize=8, color="white" if count > middle else "black")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    return png.getvalue()
 
 
 def _html_table(rows: list[dict[str, Any]]) -> str:
     return pd.DataFrame(_formatted(rows)).to_html(index=False, border=0, classes="table")
 
 
-def write_report(result: BlendResult) -> Path:
-    """The HTML report (and, with shared validation images, the confusion-matrix PNG) beside the CSV."""
+def report_html(result: BlendResult) -> tuple[str, bytes | None]:
+    """The HTML report, and with shared validation images the confusion-matrix PNG it embeds."""
     from sklearn.metrics import classification_report
 
-    path = result.output.with_suffix(".report.html")
-    valid = result.valid
+    valid, png = result.valid, None
     parts = [
         f"<h1>Blend: {html.escape(result.output.name)}</h1>",
         f"<p>{len(result.members)} runs; written with <b>{result.weighting}</b> weights (marked *), "
@@ -190,20 +114,16 @@ def write_report(result: BlendResult) -> Path:
             output_dict=True,
             zero_division=0,
         )
-        png = confusion_png(
-            path.with_name(result.output.stem + ".confusion.png"), valid.targets, predicted, result.vocab
-        )
+        png = confusion_png(valid.targets, predicted, result.vocab)
         parts += [
             f"<h2>Per class: the {result.weighting} blend on {len(valid.ids)} validation images (nested)</h2>",
             pd.DataFrame(table).T.round(4).to_html(border=0, classes="table"),
             "<h2>Confusion matrix</h2>",
-            f'<img alt="confusion matrix" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">',
+            f'<img alt="confusion matrix" src="data:image/png;base64,{base64.b64encode(png).decode()}">',
         ]
     document = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Blend report: {html.escape(result.output.name)}</title>
 <style>{STYLE}</style></head>
 <body>{"".join(parts)}</body></html>
 """
-    with atomic_path(path) as tmp:
-        tmp.write_text(document)
-    return path
+    return document, png

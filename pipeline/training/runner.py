@@ -16,15 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoints import RunCheckpoint
 from pipeline.config import to_container
-from pipeline.data import Competition, make_dataloaders, scan_competition
-from pipeline.errors import PipelineError
+from pipeline.data.competition import Competition, scan_competition
+from pipeline.data.splits import Split, make_split
+from pipeline.errors import PipelineError, one_line
 from pipeline.predictions import Predictions, load, save
-from pipeline.provenance import environment, run_hash
-from pipeline.report import format_table
-from pipeline.runs import RunSpec, resolve_runs
-from pipeline.splits import Split, make_split
+from pipeline.tables import format_table
+from pipeline.training.checkpoints import RunCheckpoint
+from pipeline.training.provenance import environment, run_hash
+from pipeline.training.specs import RunSpec, resolve_runs
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,6 @@ class RunResult:
     error: str = ""
 
 
-def one_line(e: BaseException) -> str:
-    """The gist of an exception: fastai prefixes callback errors with a line naming the callback."""
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
-
-
 def run_split(cfg: Any, comp: Competition, run: RunSpec, seed: int | None) -> Split:
     """The run's validation images under data.split (a fold of it under kfold)."""
     labels = [p.parent.name for p in comp.train_files]
@@ -66,16 +60,12 @@ def train_run(
     import torch
     from hydra.utils import instantiate
 
-    from pipeline import perf
-    from pipeline.fast_tta import tta
-    from pipeline.learner import build_learner, fit, last_valid_error
+    from pipeline.fast.tta import tta
+    from pipeline.training.learner import fit, last_valid_error, run_learner
 
     split = run_split(
         cfg, comp, run, ckpt.split_seed(cfg.data.seed) if ckpt else cfg.data.seed
     )  # a resumed run keeps its split
-    dls = make_dataloaders(
-        comp, run, valid_idx=split.valid_idx, num_workers=cfg.data.num_workers, device=device, perf=cfg.perf
-    )
     cbs = [instantiate(c) for c in cfg.train.callbacks]
     start_epoch = 0
     if ckpt:
@@ -83,7 +73,8 @@ def train_run(
         if found := ckpt.latest():
             start_epoch = found[1]
             log.info("run %s: resuming from %s (%d of %d epochs done)", run.name, found[0], start_epoch, run.epochs)
-    learn = build_learner(dls, run, device, timm_kwargs, cbs, channels_last=perf.channels_last(cfg.perf, device))
+    learn = run_learner(cfg, comp, run, device, timm_kwargs, valid_idx=split.valid_idx, cbs=cbs)
+    dls = learn.dls
     try:
         start = time.perf_counter()
         fit(learn, run, start_epoch)
@@ -91,7 +82,7 @@ def train_run(
         valid_error = last_valid_error(learn)
         valid_probs_plain, _ = learn.get_preds(ds_idx=1)
         start = time.perf_counter()
-        n, beta, fast = cfg.tta.n, cfg.tta.beta, cfg.perf.fast_tta  # fast paths: pipeline/perf.py
+        n, beta, fast = cfg.tta.n, cfg.tta.beta, cfg.perf.fast_tta
         test_probs, _ = tta(learn, dls.test_dl(comp.test_files), n, beta, fast)
         valid_probs, valid_targets = tta(learn, dls.valid.new(shuffle=False, drop_last=False), n, beta, fast)
         tta_s = time.perf_counter() - start
@@ -174,9 +165,9 @@ def finished(path: Path, identity: str) -> Predictions | None:
 
 def train_model(cfg: Any) -> list[RunResult]:
     """Train a model's runs one after the other; raises RunsFailed at the end if any failed."""
-    from pipeline.learner import pick_device
-    from pipeline.memory_probe import read_accums
-    from pipeline.weights import timm_kwargs
+    from pipeline.training.learner import pick_device
+    from pipeline.training.memory_probe import read_accums
+    from pipeline.training.pretrained import timm_kwargs
 
     probe_file = Path(cfg.paths.probe) / f"{cfg.model.name}.yaml" if cfg.get("model") else None
     probed = read_accums(probe_file) if probe_file else {}

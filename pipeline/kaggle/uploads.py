@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import submissions_log
+from pipeline.data.submission_csv import validate_submission
 from pipeline.errors import PipelineError
-from pipeline.kaggle_api import UPLOAD_FAILED_MESSAGE, UploadFailed, call, client_output, connect
-from pipeline.report import format_table
-from pipeline.submission import validate_submission
+from pipeline.kaggle import ledger
+from pipeline.kaggle.client import UPLOAD_FAILED_MESSAGE, UploadFailed, call, client_output, connect
+from pipeline.tables import format_table
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -74,7 +74,7 @@ def submit(cfg: Any) -> SubmitResult:
     record = blend_record(csv)
     sub = validate_submission(csv, root / "sample_submission.csv", label_vocab(root, record, csv), same_order=False)
     sha256 = hashlib.sha256(csv.read_bytes()).hexdigest()
-    earlier = submissions_log.find(s.log, slug, sha256)
+    earlier = ledger.find(s.log, slug, sha256)
     if len(earlier) and not s.force:
         last = earlier.iloc[-1]
         raise PipelineError(
@@ -97,7 +97,7 @@ def submit(cfg: Any) -> SubmitResult:
     ref = str(upload(api, csv, message, slug, known, cfg.kaggle))
     now = datetime.now(UTC).isoformat(timespec="seconds")
     row = {"time": now, "competition": slug, "file": str(csv), "sha256": sha256, "message": message}
-    submissions_log.append(s.log, {**row, "runs": runs, "ref": ref, "status": "pending", "public_score": ""})
+    ledger.append(s.log, {**row, "runs": runs, "ref": ref, "status": "pending", "public_score": ""})
     log.info("submitted %s to %s (ref %s); waiting for its score", csv, slug, ref)
     try:
         status, score, error = wait_for_score(api, slug, int(ref), s.timeout_s, s.poll_s, cfg.kaggle)
@@ -105,7 +105,7 @@ def submit(cfg: Any) -> SubmitResult:
         raise PipelineError(
             f"submitted as ref {ref} (recorded as pending), but its score could not be read: {e}"
         ) from None
-    submissions_log.update(s.log, slug, ref, status=status, public_score=score)
+    ledger.update(s.log, slug, ref, status=status, public_score=score)
     if status == "error":
         raise PipelineError(f"Kaggle could not score submission {ref} of {csv}: {error or 'no reason given'}")
     if status == "pending":
@@ -159,7 +159,7 @@ def wait_for_score(
 
 def log_table(path: str | Path) -> str:
     """The recorded submissions, oldest first, for `submit.list=true`."""
-    df = submissions_log.read(path)
+    df = ledger.read(path)
     if df.empty:
         return f"no submissions recorded in {path}"
     columns = ["time", "competition", "file", "message", "ref", "status", "public_score"]

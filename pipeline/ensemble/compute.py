@@ -1,30 +1,33 @@
-"""Blend prediction files into a submission: members joined, weights chosen, rows aligned by image id.
+"""Compute a blend from prediction files, writing nothing: members joined, weights chosen, rows aligned
+by image id, figures for the report.
 
 Every weighting the runs allow is computed and scored (config and equal always; greedy and optimize
-when the members share validation images); `blend.weighting` picks the one written to the CSV.
+when the members share validation images); `blend.weighting` picks the one pipeline.ensemble.writing
+writes to the CSV.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipeline.config import Weighting
+from pipeline.data.submission_csv import accuracy_against, read_sample_submission
+from pipeline.ensemble.arithmetic import as_probs, blend_probs, leave_one_out_accuracy
+from pipeline.ensemble.members import Member, ValidationSet, assemble_members, shared_validation, validation_mismatch
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path
-from pipeline.members import Member, ValidationSet, assemble_members, shared_validation, validation_mismatch
 from pipeline.predictions import Predictions, load
-from pipeline.submission import accuracy_against, read_sample_submission, validate_submission, write_submission
 
 log = logging.getLogger(__name__)
 
-SEARCHED = ("greedy", "optimize")
+SEARCHED = (Weighting.greedy, Weighting.optimize)  # weightings fitted on validation images
 
 
 def select_files(preds_dir: str | Path, patterns: list[str]) -> list[Path]:
@@ -78,27 +81,41 @@ class Weighted:
 
 @dataclass
 class BlendResult:
-    output: Path
+    """Everything a blend's outputs are made from; computed before anything is written."""
+
+    output: Path  # where the submission CSV goes; the report, PNG and record go beside it
+    sample: Path  # the competition's sample_submission.csv, which the CSV is checked against
+    test_ids: list[str]  # the sample submission's order
     members: list[Member]
     weighting: str  # the one written to `output`
     mean: str
     weighted: dict[str, Weighted]  # every weighting computed, by name
     valid: ValidationSet | None  # None when the members' validation images differ
     vocab: list[str]
-    # filled by pipeline.blend_report, once: the report, the record and the terminal share them
-    run_rows: list[dict[str, Any]] = field(default_factory=list)
-    weighting_rows: list[dict[str, Any]] = field(default_factory=list)
-    report: Path | None = None
+    run_rows: list[dict[str, Any]]  # per member: weights and figures (run_rows)
+    weighting_rows: list[dict[str, Any]]  # per weighting: figures (weighting_rows)
 
     @property
     def chosen(self) -> Weighted:
         return self.weighted[self.weighting]
 
+    @property
+    def report_path(self) -> Path:
+        return self.output.with_suffix(".report.html")
+
+    @property
+    def confusion_path(self) -> Path:
+        return self.output.with_name(self.output.stem + ".confusion.png")
+
+    @property
+    def record_path(self) -> Path:
+        return self.output.with_suffix(self.output.suffix + ".json")
+
 
 def weigh(members: list[Member], valid: ValidationSet | None, blend_cfg: Any) -> dict[str, tuple[np.ndarray, Any]]:
     """Weights of every weighting the members allow, each with the function that refits it on a
     subset of the validation images (None where nothing is fitted), for the nested estimate."""
-    from pipeline.weight_search import search_weights
+    from pipeline.ensemble.weight_search import search_weights
 
     mean, seed = str(blend_cfg.mean), blend_cfg.seed
     greedy = {k: blend_cfg.greedy[k] for k in ("steps", "init", "bags", "bag_fraction")}
@@ -117,9 +134,9 @@ def weigh(members: list[Member], valid: ValidationSet | None, blend_cfg: Any) ->
     return out
 
 
-def blend(cfg: Any) -> BlendResult:
-    from pipeline.ensemble import blend_probs
-    from pipeline.weight_search import cross_fitted
+def compute_blend(cfg: Any) -> BlendResult:
+    """The blend of the selected prediction files under every weighting they allow; writes nothing."""
+    from pipeline.ensemble.weight_search import cross_fitted
 
     runs = [load(f) for f in select_files(cfg.paths.preds, list(cfg.blend.runs))]
     check_compatible(runs)
@@ -154,37 +171,95 @@ def blend(cfg: Any) -> BlendResult:
         )
         weighted[name] = Weighted(weights, valid_probs, nested, labels, test_acc)
 
-    output = Path(cfg.blend.output)
-    with atomic_path(output) as tmp:  # checked before it replaces anything
-        write_submission(tmp, order, weighted[weighting].test_labels)
-        validate_submission(tmp, sample_path, runs[0].vocab)
-    from pipeline.blend_report import run_rows, weighting_rows, write_report
+    rows = run_rows(members, weighted, weighting, valid, mean, len(vocab))
+    weights_rows = weighting_rows(weighted, weighting, valid, len(vocab))
+    return BlendResult(
+        Path(cfg.blend.output),
+        sample_path,
+        order,
+        members,
+        weighting,
+        mean,
+        weighted,
+        valid,
+        list(vocab),
+        rows,
+        weights_rows,
+    )
 
-    result = BlendResult(output, members, weighting, mean, weighted, valid, list(vocab))
-    result.run_rows, result.weighting_rows = run_rows(result), weighting_rows(result)
-    result.report = write_report(result)
-    write_record(result)
-    return result
+
+def _scores(targets: np.ndarray, probs: np.ndarray | None, n_classes: int) -> tuple[float | None, float | None]:
+    """(accuracy, log loss), by scikit-learn."""
+    from sklearn.metrics import accuracy_score, log_loss
+
+    if probs is None:
+        return None, None
+    return float(accuracy_score(targets, probs.argmax(1))), float(
+        log_loss(targets, as_probs(probs), labels=range(n_classes))
+    )
 
 
-def write_record(result: BlendResult) -> Path:
-    """`<output>.json` beside the CSV: which runs, with which weights, made it, and how they scored."""
-    weights = result.chosen.weights
-    record = {
-        "submission": str(result.output),
-        "weighting": result.weighting,
-        "mean": result.mean,
-        "runs": [
-            {"run": r.run, "member": m.name, "file": str(r.path), "weight": float(w) / len(m.runs)}
-            for m, w in zip(result.members, weights, strict=True)
-            for r in m.runs
-        ],
-        "vocab": result.vocab,  # lets pipeline.submit check labels without the training images
-        "members": result.run_rows,
-        "weightings": result.weighting_rows,
-        "report": str(result.report),
-    }
-    path = result.output.with_suffix(result.output.suffix + ".json")
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2))
-    return path
+def run_rows(
+    members: list[Member],
+    weighted: dict[str, Weighted],
+    weighting: str,
+    valid: ValidationSet | None,
+    mean: str,
+    n_classes: int,
+) -> list[dict[str, Any]]:
+    """Per member: its weight under each weighting, validation accuracy and log loss with and without
+    TTA (on its own validation images; out-of-fold for a kfold variant), and what the chosen blend
+    loses without it (where the members share validation images)."""
+    chosen = weighted[weighting]
+    without = (
+        leave_one_out_accuracy(valid.stack, chosen.weights, valid.targets, mean)
+        if valid is not None
+        else [math.nan] * len(members)
+    )
+    blend_acc, _ = _scores(valid.targets, chosen.valid_probs, n_classes) if valid is not None else (None, None)
+    rows = []
+    for i, m in enumerate(members):
+        acc, loss = _scores(m.valid_targets, m.valid_probs, n_classes)
+        acc_plain, loss_plain = _scores(m.valid_targets, m.valid_probs_plain, n_classes)
+        left_out = None if math.isnan(without[i]) else float(without[i])
+        rows.append(
+            {
+                "run": m.name,
+                "split": m.split + (f" x{len(m.runs)}" if len(m.runs) > 1 else ""),
+                **{f"w {name}": float(w.weights[i]) for name, w in weighted.items()},
+                "acc TTA": acc,
+                "log loss TTA": loss,
+                "acc no TTA": acc_plain,
+                "log loss no TTA": loss_plain,
+                "blend acc without it": left_out,
+                "it adds": None if left_out is None else blend_acc - left_out,
+            }
+        )
+    return rows
+
+
+def weighting_rows(
+    weighted: dict[str, Weighted], weighting: str, valid: ValidationSet | None, n_classes: int
+) -> list[dict[str, Any]]:
+    """Per weighting: validation figures (in-sample: flattering for a searched weighting), the nested
+    estimate (weights fitted on one half, scored on the other, swapped) and the test accuracy."""
+    targets = None if valid is None else valid.targets
+    rows = []
+    for name in Weighting:
+        if name not in weighted:
+            continue
+        w = weighted[name]
+        acc, loss = _scores(targets, w.valid_probs, n_classes)
+        nested_acc, nested_loss = _scores(targets, w.nested_probs, n_classes)
+        rows.append(
+            {
+                "weighting": name + (" *" if name == weighting else ""),
+                "valid acc": acc,
+                "valid log loss": loss,
+                "nested acc": nested_acc,
+                "nested log loss": nested_loss,
+                "test acc": w.test_acc,
+                "runs used": int((w.weights > 0).sum()),
+            }
+        )
+    return rows

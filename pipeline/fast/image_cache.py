@@ -35,7 +35,7 @@ from pipeline.fileio import atomic_path
 if TYPE_CHECKING:
     from fastai.vision.core import PILImage
 
-    from pipeline.runs import RunSpec
+    from pipeline.training.specs import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _load_plain(path: Path, run: RunSpec) -> np.ndarray:
     """The plain path's item output: PILImage.create, then the run's fastai Resize in validation mode."""
     from fastai.vision.core import PILImage
 
-    from pipeline.transforms import item_tfms
+    from pipeline.data.transforms import item_tfms
 
     (resize,) = item_tfms(run)
     return np.asarray(resize(PILImage.create(path), split_idx=1))

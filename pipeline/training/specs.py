@@ -2,7 +2,7 @@
 data.split=kfold), with every setting resolved.
 
 Precedence for epochs and lr: `train.*` on the command line, then the variant, then the model
-file. accum likewise, with the probe's choice (pipeline.memory_probe) between `train.accum` and the
+file. accum likewise, with the probe's choice (pipeline.training.memory_probe) between `train.accum` and the
 variant. batch_size: the variant, then the model file.
 """
 

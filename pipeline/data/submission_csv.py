@@ -29,11 +29,16 @@ def read_sample_submission(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def submission_text(image_ids: Sequence[str], labels: Sequence[str]) -> str:
+    """The `image_id,label` CSV of a submission."""
+    return pd.DataFrame({"image_id": list(image_ids), "label": list(labels)}).to_csv(index=False)
+
+
 def write_submission(path: str | Path, image_ids: Sequence[str], labels: Sequence[str]) -> Path:
     """Write `image_id,label` rows atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        pd.DataFrame({"image_id": list(image_ids), "label": list(labels)}).to_csv(tmp, index=False)
+        tmp.write_text(submission_text(image_ids, labels))
     return path
 
 

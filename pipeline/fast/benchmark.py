@@ -23,8 +23,8 @@ import pandas as pd
 
 from pipeline.config import to_container
 from pipeline.errors import PipelineError
-from pipeline.report import format_table
-from pipeline.runs import RunSpec
+from pipeline.tables import format_table
+from pipeline.training.specs import RunSpec
 
 
 def replicate_sample(sample: Path, root: Path, n_train: int, n_test: int) -> Path:
@@ -162,22 +162,18 @@ def reference(cfg: Any, root: Path, test_files: list[Path], device: str, timm_kw
 
 
 def pipeline_side(cfg: Any, comp: Any, run: RunSpec, device: str, timm_kwargs: dict) -> Timed:
-    """This pipeline's own path (pipeline.training.train_run's steps), with cfg.perf's fast paths."""
-    from pipeline import perf
-    from pipeline.data import make_dataloaders
-    from pipeline.fast_tta import tta
-    from pipeline.learner import build_learner
-    from pipeline.training import run_split
+    """This pipeline's own path (pipeline.training.runner.train_run's steps), with cfg.perf's fast paths."""
+    from pipeline.fast.tta import tta
+    from pipeline.training.learner import run_learner
+    from pipeline.training.runner import run_split
 
     rss = PeakRSS()
     with rss.track():
         start = time.perf_counter()
         valid_idx = run_split(cfg, comp, run, cfg.data.seed).valid_idx
-        dls = make_dataloaders(
-            comp, run, valid_idx=valid_idx, num_workers=cfg.data.num_workers, device=device, perf=cfg.perf
-        )
+        learn = run_learner(cfg, comp, run, device, timm_kwargs, valid_idx=valid_idx)
+        dls = learn.dls
         setup_s = time.perf_counter() - start
-        learn = build_learner(dls, run, device, timm_kwargs, [], channels_last=perf.channels_last(cfg.perf, device))
         totals = _train_timer(learn)
         with learn.no_bar(), learn.no_logging():
             learn.fine_tune(run.epochs, run.lr)
@@ -187,7 +183,7 @@ def pipeline_side(cfg: Any, comp: Any, run: RunSpec, device: str, timm_kwargs: d
             _sync(device)
             tta_s = time.perf_counter() - start
     workers = dls.train.fake_l.num_workers  # fastai keeps the real count on its loader
-    extra = f"data setup {setup_s:.1f} s (cache build or check), {workers} worker(s)"
+    extra = f"data setup {setup_s:.1f} s (cache build or check, model), {workers} worker(s)"
     return Timed(totals["images"] / totals["s"], len(comp.test_files) / tta_s, rss.peak / 1e9, extra)
 
 
@@ -248,9 +244,9 @@ def run_benchmark(cfg: Any) -> str:
     """Run cfg.bench.repeats rounds and return the report."""
     import torch
 
-    from pipeline.data import scan_competition
-    from pipeline.learner import pick_device
-    from pipeline.weights import LITE_PACKAGES, convert_lite_weights, timm_kwargs
+    from pipeline.data.competition import scan_competition
+    from pipeline.training.learner import pick_device
+    from pipeline.training.pretrained import LITE_PACKAGES, convert_lite_weights, timm_kwargs
 
     b = cfg.bench
     root = Path(cfg.data.root)

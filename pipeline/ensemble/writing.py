@@ -1,0 +1,60 @@
+"""Write a computed blend as one set: the submission CSV, the HTML report, the confusion-matrix PNG and
+the JSON record that pipeline.submit reads. Nothing in place is replaced until all of them are
+rendered and the CSV is checked against the sample submission; then all of them are."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.data.submission_csv import submission_text, validate_submission
+from pipeline.ensemble.compute import BlendResult, compute_blend
+from pipeline.ensemble.report import report_html
+from pipeline.fileio import atomic_paths
+
+
+def blend(cfg: Any) -> BlendResult:
+    """`python -m pipeline.blend`: compute the blend, then write its files."""
+    result = compute_blend(cfg)
+    write_blend(result)
+    return result
+
+
+def record(result: BlendResult) -> dict[str, Any]:
+    """Which runs, with which weights, made the submission, and how they scored."""
+    weights = result.chosen.weights
+    return {
+        "submission": str(result.output),
+        "weighting": result.weighting,
+        "mean": result.mean,
+        "runs": [
+            {"run": r.run, "member": m.name, "file": str(r.path), "weight": float(w) / len(m.runs)}
+            for m, w in zip(result.members, weights, strict=True)
+            for r in m.runs
+        ],
+        "vocab": result.vocab,  # lets pipeline.submit check labels without the training images
+        "members": result.run_rows,
+        "weightings": result.weighting_rows,
+        "report": str(result.report_path),
+    }
+
+
+def write_blend(result: BlendResult) -> list[Path]:
+    """The CSV, report, record (and PNG where there is one), replaced together; the paths written."""
+    document, png = report_html(result)
+    files: dict[Path, str | bytes] = {
+        result.output: submission_text(result.test_ids, result.chosen.test_labels),
+        result.report_path: document,
+        result.record_path: json.dumps(record(result), indent=2),
+    }
+    if png is not None:
+        files[result.confusion_path] = png
+    with atomic_paths(*files) as tmps:
+        for tmp, content in zip(tmps, files.values(), strict=True):
+            if isinstance(content, bytes):
+                tmp.write_bytes(content)
+            else:
+                tmp.write_text(content)
+        validate_submission(tmps[0], result.sample, result.vocab)  # before anything is replaced
+    return list(files)
