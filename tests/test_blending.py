@@ -155,3 +155,48 @@ def test_test_accuracy_against_true_labels(tmp_path, comp_root):
     save(tmp_path, make_preds("a", test_probs=torch.tensor([[0.1, 0.9], [0.9, 0.1], [0.9, 0.1]])))
     result = blend(blend_cfg(tmp_path, comp_root, f"data.test_labels={comp_root / 'truth.csv'}"))
     assert result.chosen.test_acc == pytest.approx(2 / 3)
+
+
+def _outputs(tmp_path):
+    names = ["sub.csv", "sub.report.html", "sub.csv.json", "sub.confusion.png"]
+    return {n: (tmp_path / n).read_bytes() for n in names if (tmp_path / n).exists()}
+
+
+def test_blend_outputs_are_replaced_as_one_set_or_not_at_all(tmp_path, comp_root, monkeypatch):
+    from pipeline.ensemble import writing
+
+    save(tmp_path, make_preds("x")), save(tmp_path, make_preds("y", seed=1))
+    blend(blend_cfg(tmp_path, comp_root))
+    before = _outputs(tmp_path)
+    assert set(before) == {"sub.csv", "sub.report.html", "sub.csv.json", "sub.confusion.png"}
+
+    # a second blend with other weights that fails while rendering its report: nothing is replaced
+    def broken_report(result):
+        raise RuntimeError("the report failed")
+
+    monkeypatch.setattr(writing, "report_html", broken_report)
+    with pytest.raises(RuntimeError, match="the report failed"):
+        blend(blend_cfg(tmp_path, comp_root, "+blend.weights.y=5"))
+    assert _outputs(tmp_path) == before
+    assert not list(tmp_path.glob(".sub*"))  # no temporary file left behind
+    monkeypatch.undo()
+
+    # and when it succeeds, every file of the set is the new blend's
+    blend(blend_cfg(tmp_path, comp_root, "+blend.weights.y=5"))
+    after = _outputs(tmp_path)
+    assert all(after[name] != before[name] for name in ("sub.report.html", "sub.csv.json"))
+    assert json.loads(after["sub.csv.json"])["runs"][1]["weight"] == pytest.approx(5 / 6)
+
+
+def test_atomic_paths_replace_nothing_when_the_block_fails(tmp_path):
+    from pipeline.fileio import atomic_paths
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("old a")
+    with pytest.raises(ValueError), atomic_paths(a, b) as (ta, tb):
+        ta.write_text("new a")
+        raise ValueError("before b was written")
+    assert a.read_text() == "old a" and not b.exists() and sorted(tmp_path.iterdir()) == [a]
+    with atomic_paths(a, b) as (ta, tb):
+        ta.write_text("new a"), tb.write_text("new b")
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")
