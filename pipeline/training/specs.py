@@ -13,8 +13,6 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 
-RESIZE_METHODS = ("squish", "crop", "pad")
-
 
 @dataclass(frozen=True)
 class RunSpec:
