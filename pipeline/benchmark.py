@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import to_container
+from pipeline.config import check_ranges, to_container
 from pipeline.errors import PipelineError
 from pipeline.report import format_table
 from pipeline.runs import RunSpec
@@ -252,6 +252,7 @@ def run_benchmark(cfg: Any) -> str:
     from pipeline.learner import pick_device
     from pipeline.weights import LITE_PACKAGES, convert_lite_weights, timm_kwargs
 
+    check_ranges(cfg)
     b = cfg.bench
     root = Path(cfg.data.root)
     if not root.exists():

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.config import check_ranges
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
 from pipeline.members import Member, ValidationSet, assemble_members, shared_validation, validation_mismatch
@@ -121,6 +122,7 @@ def blend(cfg: Any) -> BlendResult:
     from pipeline.ensemble import blend_probs
     from pipeline.weight_search import cross_fitted
 
+    check_ranges(cfg)
     runs = [load(f) for f in select_files(cfg.paths.preds, list(cfg.blend.runs))]
     check_compatible(runs)
     sample_path = Path(cfg.data.root) / "sample_submission.csv"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import check_ranges
 from pipeline.data import scan_competition
 from pipeline.errors import PipelineError
 from pipeline.kaggle_api import call, client_output, connect
@@ -54,6 +55,7 @@ def check_layout(root: Path) -> Layout:
 
 
 def download(cfg: Any) -> DownloadResult:
+    check_ranges(cfg)
     slug, force = cfg.data.competition, cfg.download.force
     root = Path(cfg.data.root)
     zip_path = Path(cfg.download.zip_dir or root.parent) / f"{slug}.zip"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import hydra
 
-from pipeline.config import register_configs
+from pipeline.config import check_ranges, register_configs
 from pipeline.errors import PipelineError, exit_on_error
 
 register_configs()
@@ -25,6 +25,7 @@ def main(cfg) -> None:
     from pipeline.runs import resolve_runs
     from pipeline.weights import timm_kwargs
 
+    check_ranges(cfg)
     runs = resolve_runs(cfg)
     subset = smallest_class(scan_competition(cfg.data.root))
     device = pick_device(cfg.train.device)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import submissions_log
+from pipeline.config import check_ranges
 from pipeline.errors import PipelineError
 from pipeline.kaggle_api import UPLOAD_FAILED_MESSAGE, UploadFailed, call, client_output, connect
 from pipeline.report import format_table
@@ -69,6 +70,7 @@ def label_vocab(data_root: Path, record: dict[str, Any] | None, csv: Path) -> li
 
 
 def submit(cfg: Any) -> SubmitResult:
+    check_ranges(cfg)
     s, slug = cfg.submit, cfg.data.competition
     csv, root = Path(s.file), Path(cfg.data.root)
     record = blend_record(csv)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.checkpoints import RunCheckpoint
-from pipeline.config import to_container
+from pipeline.config import check_ranges, to_container
 from pipeline.data import Competition, make_dataloaders, scan_competition
 from pipeline.errors import PipelineError
 from pipeline.predictions import Predictions, load, save
@@ -178,6 +178,7 @@ def train_model(cfg: Any) -> list[RunResult]:
     from pipeline.memory_probe import read_accums
     from pipeline.weights import timm_kwargs
 
+    check_ranges(cfg)
     probe_file = Path(cfg.paths.probe) / f"{cfg.model.name}.yaml" if cfg.get("model") else None
     probed = read_accums(probe_file) if probe_file else {}
     if probed:
