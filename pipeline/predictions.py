@@ -8,6 +8,7 @@ and files are read with `torch.load(weights_only=True)`: a shared prediction fil
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,18 @@ def load(path: str | Path) -> Predictions:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message advises retrying with weights_only=False, i.e. running the file's code: not passed on
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         raise PipelineError(
-            f"{path} holds objects other than tensors and plain data; refusing to load it ({str(e).splitlines()[0]})"
+            f"{path} holds objects other than tensors and plain data{f' ({found[1]})' if found else ''} and was not "
+            "loaded: delete it, or get it from a trusted source"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise PipelineError(f"{path} is not a readable prediction file: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError):  # torch's zip reader on a cut or damaged file
+        raise PipelineError(
+            f"{path} is truncated or unreadable: delete it or retrain the run ({_retrain(path)})"
+        ) from None
+    except OSError as e:
+        raise PipelineError(f"{path} cannot be read: {e.strerror or e}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise PipelineError(f"{path} is not a prediction file of this pipeline")
     if record.get("version") != VERSION:

@@ -22,22 +22,33 @@ def test_round_trip_with_weights_only(tmp_path):
 
 
 class Payload:
-    def __reduce__(self):
-        return (os.system, ("echo pwned",))
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this would run a shell command
+        return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_file_with_arbitrary_objects_is_refused(tmp_path):
-    path = tmp_path / "evil.pt"
-    torch.save({"format": predictions.FORMAT, "version": 1, "extra": Payload()}, path)
-    with pytest.raises(PipelineError, match="holds objects other than tensors and plain data; refusing"):
+def test_a_file_with_arbitrary_objects_is_refused_without_advice_to_unpickle_it(tmp_path):
+    path, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    torch.save({"format": predictions.FORMAT, "version": predictions.VERSION, "extra": Payload(marker)}, path)
+    with pytest.raises(PipelineError) as e:
         predictions.load(path)
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and message.startswith(f"{path} holds objects other than tensors")
+    assert "(posix.system)" in message and "was not loaded: delete it, or get it from a trusted source" in message
+    assert "weights_only" not in message and "will likely succeed" not in message  # torch's advice, not ours
+    assert not marker.exists()
 
 
 def test_a_truncated_file_is_one_clear_error(tmp_path):
     path = predictions.save(make_preds(), tmp_path / "r1.pt")
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(PipelineError, match="is not a readable prediction file"):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(PipelineError) as e:
         predictions.load(path)
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and message.startswith(f"{path} is truncated or unreadable")
+    assert "delete it or retrain the run (python -m pipeline.train +model=MODEL" in message
 
 
 def test_a_foreign_file_is_refused(tmp_path):
