@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 from pipeline.config import check_ranges
 from pipeline.data import scan_competition
 from pipeline.errors import PipelineError
+from pipeline.fileio import new_temp
 from pipeline.kaggle_api import call, client_output, connect
 from pipeline.report import format_table
 
@@ -101,7 +101,7 @@ def unpack(zip_path: Path, root: Path) -> Layout:
     prefix = f".{root.name}.unpacking-"
     for stale in parent.glob(prefix + "*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    tmp = new_temp(parent, prefix, folder=True)
     try:
         log.info("unpacking %s", zip_path)
         try:
