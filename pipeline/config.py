@@ -1,7 +1,8 @@
 """The config schema: the only place where option types and defaults are declared.
 
 The YAML files in `conf/` document each option for users; these dataclasses make Hydra
-reject a mistyped key or a wrong type at start-up, before any data is read.
+reject a mistyped key or a wrong type at start-up, and `check_ranges` (table RANGES) a number out
+of its range, before any data is read.
 """
 
 from __future__ import annotations
@@ -270,8 +271,11 @@ RANGES: dict[str, Range] = {
     "kaggle.max_backoff_s": NON_NEGATIVE,
     "submit.timeout_s": POSITIVE,
     "submit.poll_s": POSITIVE,
-    **{f"bench.{k}": COUNT for k in ("images", "test_images", "item_size", "size", "batch_size", "accum", "epochs")},
-    **{f"bench.{k}": COUNT for k in ("tta_n", "repeats", "limit_steps")},
+    **{
+        f"bench.{k}": COUNT
+        for k in ("images", "test_images", "item_size", "size", "batch_size", "accum", "epochs", "tta_n", "repeats")
+    },
+    "bench.limit_steps": COUNT,
     "bench.lr": POSITIVE,
     "demo.train_per_class": COUNT,
     "demo.test_per_class": COUNT,
