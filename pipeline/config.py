@@ -1,17 +1,21 @@
 """The config schema: the only place where option types and defaults are declared.
 
 The YAML files in `conf/` document each option for users; these dataclasses make Hydra
-reject a mistyped key or a wrong type at start-up, before any data is read.
+reject a mistyped key or a wrong type at start-up, and `check_ranges` (table RANGES) a number out
+of its range, before any data is read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from pipeline.errors import PipelineError
 
 
 class ResizeMethod(StrEnum):
@@ -212,6 +216,99 @@ class BenchConfig:
 class BenchAppConfig(AppConfig):
     perf: PerfConfig = field(default_factory=PerfConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed values; None: unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        above = self.low is None or x > self.low or (x == self.low and not self.low_open)
+        below = self.high is None or x < self.high or (x == self.high and not self.high_open)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+COUNT, NON_NEGATIVE, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
+
+# Every numeric option and what it allows, by key ("*": every item of a list or dict). Keys absent
+# from a command's config are not checked, and null means "not set" (e.g. train.epochs).
+RANGES: dict[str, Range] = {
+    **{f"model.{k}": COUNT for k in ("batch_size", "accum", "epochs")},
+    "model.lr": POSITIVE,
+    **{f"model.variants.*.{k}": COUNT for k in ("batch_size", "accum", "epochs", "item_size.*", "size.*")},
+    "model.variants.*.lr": POSITIVE,
+    "model.variants.*.min_scale": Range(0, 1, low_open=True),
+    "model.variants.*.weight": NON_NEGATIVE,
+    "train.epochs": COUNT,
+    "train.lr": POSITIVE,
+    "train.accum": COUNT,
+    "train.oom_retries": NON_NEGATIVE,
+    "tta.n": COUNT,
+    "tta.beta": Range(0, 1),
+    "data.valid_pct": Range(0, 1, low_open=True, high_open=True),
+    "data.folds": Range(2),
+    "data.num_workers": NON_NEGATIVE,
+    "probe.budget_gb": POSITIVE,
+    "probe.accums.*": COUNT,
+    "probe.steps": COUNT,
+    "blend.weights.*": NON_NEGATIVE,
+    "blend.greedy.steps": NON_NEGATIVE,  # 0: the sorted initialisation alone
+    "blend.greedy.init": COUNT,
+    "blend.greedy.bags": COUNT,
+    "blend.greedy.bag_fraction": Range(0, 1, low_open=True),
+    "kaggle.attempts": COUNT,
+    "kaggle.backoff_s": NON_NEGATIVE,
+    "kaggle.max_backoff_s": NON_NEGATIVE,
+    "submit.timeout_s": POSITIVE,
+    "submit.poll_s": POSITIVE,
+    **{
+        f"bench.{k}": COUNT
+        for k in ("images", "test_images", "item_size", "size", "batch_size", "accum", "epochs", "tta_n", "repeats")
+    },
+    "bench.limit_steps": COUNT,
+    "bench.lr": POSITIVE,
+    "demo.train_per_class": COUNT,
+    "demo.test_per_class": COUNT,
+}
+
+
+def _values(node: Any, keys: list[str], prefix: str) -> Iterator[tuple[str, Any]]:
+    """(full key, value) for each value at `keys` below `node`, expanding "*"; absent, unset and null ones skipped."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if not keys:
+        if node is not None:
+            yield prefix, node
+        return
+    if isinstance(node, ListConfig):
+        children = [str(i) for i in range(len(node))] if keys[0] == "*" else []
+    elif isinstance(node, DictConfig):
+        children = [str(k) for k in node] if keys[0] == "*" else [keys[0]] if keys[0] in node else []
+    else:
+        children = []
+    for child in children:
+        key = int(child) if isinstance(node, ListConfig) else child
+        if not OmegaConf.is_missing(node, key):
+            yield from _values(node[key], keys[1:], f"{prefix}.{child}" if prefix else child)
+
+
+def check_ranges(cfg: Any) -> None:
+    """Every command's first step: raises PipelineError on the first option out of its range, naming
+    the key as typed on the command line, its value and what is allowed."""
+    for pattern, allowed in RANGES.items():
+        for key, value in _values(cfg, pattern.split("."), ""):
+            if value not in allowed:
+                raise PipelineError(f"{key} must be {allowed}, got {value}")
 
 
 def register_configs() -> None:

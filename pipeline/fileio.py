@@ -4,7 +4,7 @@ leaves none) and CSV tables read with one-line errors."""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +12,22 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import PipelineError
+
+
+def new_temp(parent: Path, prefix: str, suffix: str = "", *, folder: bool = False) -> Path:
+    """A new empty file (or folder) named `prefix`<random>`suffix` in `parent`, created with the mode
+    open() (mkdir) gives, 0o666 (0o777) less the umask, which a rename carries to the final name.
+    (tempfile.mkstemp and mkdtemp give 0o600 and 0o700: every output private, whatever the umask.)"""
+    while True:
+        tmp = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            if folder:
+                tmp.mkdir()
+            else:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 @contextmanager
@@ -23,9 +39,7 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
     try:
         for path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            tmps.append(Path(tmp))
+            tmps.append(new_temp(path.parent, f".{path.name}.", ".tmp"))
         yield tmps
         for tmp in tmps:
             with open(tmp, "rb+") as f:

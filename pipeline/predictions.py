@@ -8,6 +8,7 @@ and files are read with `torch.load(weights_only=True)`: a shared prediction fil
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from pipeline.fileio import atomic_path
 
 FORMAT = "paddy-pipeline/predictions"
 VERSION = 2  # 2: valid_probs_plain (no TTA), member, split
+SUM_TOLERANCE = 1e-3  # how far a row of probabilities may sum from 1: float32 softmax, averaged over TTA passes
 
 
 @dataclass
@@ -46,8 +48,9 @@ class Predictions:
     environment: dict[str, Any] = field(default_factory=dict)  # versions, git commit, device, split seed
     path: Path | None = None  # where it was loaded from; not stored
 
-    def check(self, where: str) -> None:
-        """Shapes and types agree with each other; raises PipelineError naming `where`."""
+    def check(self, where: str, fix: str) -> None:
+        """Shapes and types agree with each other and the probabilities are finite rows summing to 1;
+        raises PipelineError naming `where` and saying `fix`, what to do."""
         n_classes = len(self.vocab)
         problems = []
         probs_by_name = {
@@ -60,6 +63,13 @@ class Predictions:
         for name, (probs, ids) in probs_by_name.items():
             if tuple(probs.shape) != (len(ids), n_classes):
                 problems.append(f"{name} is {tuple(probs.shape)}, expected ({len(ids)}, {n_classes})")
+            elif bad := int((~probs.isfinite()).sum()):  # e.g. a diverged run's NaN
+                problems.append(f"{name} has {bad} NaN or infinite values")
+            elif len(probs):
+                sums = probs.double().sum(1)
+                worst = float(sums[(sums - 1).abs().argmax()])
+                if abs(worst - 1) > SUM_TOLERANCE:
+                    problems.append(f"{name} rows do not sum to 1 (one sums to {worst:.4g})")
         if tuple(self.valid_targets.shape) != (len(self.valid_ids),):
             problems.append("valid_targets does not match valid_ids")
         if len(set(self.test_ids)) != len(self.test_ids):
@@ -67,7 +77,7 @@ class Predictions:
         if len(set(self.valid_ids)) != len(self.valid_ids):
             problems.append("valid_ids repeat")
         if problems:
-            raise PipelineError(f"prediction file {where} is inconsistent: {'; '.join(problems)}")
+            raise PipelineError(f"prediction file {where} is invalid: {'; '.join(problems)}: {fix}")
 
     @property
     def valid_accuracy(self) -> float:
@@ -77,12 +87,18 @@ class Predictions:
 def save(preds: Predictions, path: str | Path) -> Path:
     """Write atomically: an interrupted save never leaves a partial file at `path`."""
     path = Path(path)
-    preds.check(str(path))
+    preds.check(str(path), "not saved; retrain the run (with a lower lr if its training diverged)")
     record = {k: v for k, v in asdict(preds).items() if k != "path"}
     record.update(format=FORMAT, version=VERSION)
     with atomic_path(path) as tmp:
         torch.save(record, tmp)
     return path
+
+
+def _retrain(path: Path, config: dict[str, Any] | None = None) -> str:
+    """The command that writes `path` again: a broken file is retrained without train.force."""
+    model = ((config or {}).get("model") or {}).get("name") or "MODEL"
+    return f"python -m pipeline.train +model={model} with the options run {path.stem} was trained with"
 
 
 def load(path: str | Path) -> Predictions:
@@ -91,11 +107,18 @@ def load(path: str | Path) -> Predictions:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message advises retrying with weights_only=False, i.e. running the file's code: not passed on
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         raise PipelineError(
-            f"{path} holds objects other than tensors and plain data; refusing to load it ({str(e).splitlines()[0]})"
+            f"{path} holds objects other than tensors and plain data{f' ({found[1]})' if found else ''} and was not "
+            "loaded: delete it, or get it from a trusted source"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise PipelineError(f"{path} is not a readable prediction file: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError):  # torch's zip reader on a cut or damaged file
+        raise PipelineError(
+            f"{path} is truncated or unreadable: delete it or retrain the run ({_retrain(path)})"
+        ) from None
+    except OSError as e:
+        raise PipelineError(f"{path} cannot be read: {e.strerror or e}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise PipelineError(f"{path} is not a prediction file of this pipeline")
     if record.get("version") != VERSION:
@@ -105,5 +128,5 @@ def load(path: str | Path) -> Predictions:
         preds = Predictions(**fields, path=path)
     except TypeError as e:
         raise PipelineError(f"prediction file {path} is incomplete: {e}") from None
-    preds.check(str(path))
+    preds.check(str(path), f"delete it or retrain the run ({_retrain(path, preds.config)})")
     return preds

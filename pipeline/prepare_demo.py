@@ -7,7 +7,7 @@ from pathlib import Path
 
 import hydra
 
-from pipeline.config import register_configs
+from pipeline.config import check_ranges, register_configs
 from pipeline.errors import exit_on_error
 
 register_configs()
@@ -20,6 +20,7 @@ def main(cfg) -> None:
     from pipeline.data.demo import build_demo
     from pipeline.training.pretrained import LITE_PACKAGES, convert_lite_weights
 
+    check_ranges(cfg)
     d = cfg.demo
     root = build_demo(
         d.source,

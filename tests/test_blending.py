@@ -106,7 +106,11 @@ def test_predictions_not_matching_the_sample_submission(tmp_path, comp_root):
 
 @pytest.mark.parametrize(
     ("weights", "message"),
-    [("nope=2", r"names runs that are not blended: \['nope'\]"), ("a=-1", "must be non-negative")],
+    [
+        ("nope=2", r"names runs that are not blended: \['nope'\]"),
+        ("a=-1", r"blend.weights.a must be >= 0, got -1.0"),
+        ("a=0", "with a positive sum"),
+    ],
 )
 def test_bad_weights(tmp_path, comp_root, weights, message):
     save(tmp_path, make_preds("a"))

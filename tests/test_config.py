@@ -86,7 +86,7 @@ def test_model_without_variants_is_one_clear_error():
     ("override", "message"),
     [
         ("model.variants.0.size=[1,2,3]", r"size must be \[n\] or \[height, width\]"),
-        ("model.variants.0.item_size=[0]", "item_size must be"),
+        ("model.variants.0.item_size=[]", r"item_size must be \[n\] or \[height, width\]"),
         ("model.variants.0.accum=3", "batch_size 64 is not divisible by accum 3"),
     ],
 )
@@ -124,6 +124,133 @@ def test_cli_modules_do_not_import_heavy_libraries():
     out = _cli("-c", code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+BAD_VALUES = [  # (root config, overrides, the one-line error)
+    ("config", ["tta.n=0"], "tta.n must be >= 1, got 0"),
+    ("config", ["tta.n=-1"], "tta.n must be >= 1, got -1"),
+    ("config", ["tta.beta=1.5"], "tta.beta must be in [0, 1], got 1.5"),
+    ("config", ["tta.beta=-0.1"], "tta.beta must be in [0, 1], got -0.1"),
+    ("config", ["+model=swin_large", "model.batch_size=0"], "model.batch_size must be >= 1, got 0"),
+    ("config", ["+model=swin_large", "model.accum=0"], "model.accum must be >= 1, got 0"),
+    ("config", ["+model=swin_large", "model.epochs=0"], "model.epochs must be >= 1, got 0"),
+    ("config", ["+model=swin_large", "model.lr=0"], "model.lr must be > 0, got 0.0"),
+    (
+        "config",
+        ["+model=swin_large", "model.variants.0.batch_size=0"],
+        "model.variants.0.batch_size must be >= 1, got 0",
+    ),
+    ("config", ["+model=swin_large", "model.variants.0.accum=-2"], "model.variants.0.accum must be >= 1, got -2"),
+    ("config", ["+model=swin_large", "model.variants.0.epochs=0"], "model.variants.0.epochs must be >= 1, got 0"),
+    ("config", ["+model=swin_large", "model.variants.0.lr=-0.01"], "model.variants.0.lr must be > 0, got -0.01"),
+    (
+        "config",
+        ["+model=swin_large", "model.variants.0.min_scale=0"],
+        "model.variants.0.min_scale must be in (0, 1], got 0.0",
+    ),
+    (
+        "config",
+        ["+model=swin_large", "model.variants.0.min_scale=1.5"],
+        "model.variants.0.min_scale must be in (0, 1], got 1.5",
+    ),
+    ("config", ["+model=swin_large", "model.variants.0.weight=-1"], "model.variants.0.weight must be >= 0, got -1.0"),
+    (
+        "config",
+        ["+model=swin_large", "model.variants.0.item_size=[0]"],
+        "model.variants.0.item_size.0 must be >= 1, got 0",
+    ),
+    ("config", ["+model=swin_large", "model.variants.0.size=[224,-1]"], "model.variants.0.size.1 must be >= 1, got -1"),
+    ("config", ["train.epochs=0"], "train.epochs must be >= 1, got 0"),
+    ("config", ["train.lr=0"], "train.lr must be > 0, got 0.0"),
+    ("config", ["train.accum=0"], "train.accum must be >= 1, got 0"),
+    ("config", ["train.oom_retries=-1"], "train.oom_retries must be >= 0, got -1"),
+    ("config", ["data.valid_pct=0"], "data.valid_pct must be in (0, 1), got 0.0"),
+    ("config", ["data.valid_pct=1"], "data.valid_pct must be in (0, 1), got 1.0"),
+    ("config", ["data.folds=1"], "data.folds must be >= 2, got 1"),
+    ("config", ["data.num_workers=-1"], "data.num_workers must be >= 0, got -1"),
+    ("config", ["probe.budget_gb=0"], "probe.budget_gb must be > 0, got 0.0"),
+    ("config", ["probe.accums=[1,0]"], "probe.accums.1 must be >= 1, got 0"),
+    ("config", ["probe.steps=0"], "probe.steps must be >= 1, got 0"),
+    ("blend", ["blend.greedy.steps=-1"], "blend.greedy.steps must be >= 0, got -1"),
+    ("blend", ["blend.greedy.init=0"], "blend.greedy.init must be >= 1, got 0"),
+    ("blend", ["blend.greedy.bags=0"], "blend.greedy.bags must be >= 1, got 0"),
+    ("blend", ["blend.greedy.bag_fraction=0"], "blend.greedy.bag_fraction must be in (0, 1], got 0.0"),
+    ("blend", ["blend.greedy.bag_fraction=1.5"], "blend.greedy.bag_fraction must be in (0, 1], got 1.5"),
+    ("blend", ["+blend.weights.r1=-1"], "blend.weights.r1 must be >= 0, got -1.0"),
+    ("submit", ["kaggle.attempts=0"], "kaggle.attempts must be >= 1, got 0"),
+    ("submit", ["kaggle.backoff_s=-1"], "kaggle.backoff_s must be >= 0, got -1.0"),
+    ("submit", ["kaggle.max_backoff_s=-1"], "kaggle.max_backoff_s must be >= 0, got -1.0"),
+    ("submit", ["submit.timeout_s=0"], "submit.timeout_s must be > 0, got 0.0"),
+    ("submit", ["submit.poll_s=0"], "submit.poll_s must be > 0, got 0.0"),
+    ("download", ["kaggle.attempts=-1"], "kaggle.attempts must be >= 1, got -1"),
+    ("bench", ["bench.images=0"], "bench.images must be >= 1, got 0"),
+    ("bench", ["bench.test_images=0"], "bench.test_images must be >= 1, got 0"),
+    ("bench", ["bench.item_size=0"], "bench.item_size must be >= 1, got 0"),
+    ("bench", ["bench.size=0"], "bench.size must be >= 1, got 0"),
+    ("bench", ["bench.batch_size=0"], "bench.batch_size must be >= 1, got 0"),
+    ("bench", ["bench.accum=0"], "bench.accum must be >= 1, got 0"),
+    ("bench", ["bench.epochs=0"], "bench.epochs must be >= 1, got 0"),
+    ("bench", ["bench.lr=0"], "bench.lr must be > 0, got 0.0"),
+    ("bench", ["bench.tta_n=0"], "bench.tta_n must be >= 1, got 0"),
+    ("bench", ["bench.repeats=0"], "bench.repeats must be >= 1, got 0"),
+    ("bench", ["bench.limit_steps=0"], "bench.limit_steps must be >= 1, got 0"),
+    ("prepare_demo", ["demo.train_per_class=0"], "demo.train_per_class must be >= 1, got 0"),
+    ("prepare_demo", ["demo.test_per_class=0"], "demo.test_per_class must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("config_name", "overrides", "message"), BAD_VALUES, ids=[" ".join(o) for _, o, _ in BAD_VALUES]
+)
+def test_out_of_range_options_are_one_clear_error(config_name, overrides, message):
+    from pipeline.config import check_ranges
+
+    with pytest.raises(PipelineError) as e:
+        check_ranges(compose(config_name, overrides))
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("config_name", ["config", "blend", "submit", "download", "bench", "prepare_demo"])
+def test_shipped_configs_are_in_range(config_name):
+    from pipeline.config import check_ranges
+
+    check_ranges(compose(config_name))
+    for f in sorted((CONF / "model").glob("*.yaml")):
+        check_ranges(compose("config", [f"+model={f.stem}", "data=demo"]))
+
+
+def test_every_command_checks_ranges_before_reading_anything(tmp_path):
+    # Each entry point, given an out-of-range option and nothing to read: the range error comes first.
+    from pipeline import prepare_demo, probe
+    from pipeline.ensemble.writing import blend
+    from pipeline.fast.benchmark import run_benchmark
+    from pipeline.kaggle.competition_files import download
+    from pipeline.kaggle.uploads import submit
+    from pipeline.training.runner import train_model
+
+    none, out = tmp_path / "none", f"paths.outputs={tmp_path}"
+    probe_main, demo_main = probe.main.__wrapped__.__wrapped__, prepare_demo.main.__wrapped__.__wrapped__
+    entries = [  # (entry point, root config, overrides, start of the error)
+        (train_model, "config", ["+model=effnet_lite0", "model.batch_size=0"], "model.batch_size must"),
+        (probe_main, "config", ["+model=effnet_lite0", "probe.steps=0"], "probe.steps must"),
+        (run_benchmark, "bench", [f"bench.sample={none}", "bench.tta_n=0"], "bench.tta_n must"),
+        (blend, "blend", ["blend.greedy.init=0"], "blend.greedy.init must"),
+        (submit, "submit", ["submit.poll_s=0"], "submit.poll_s must"),
+        (download, "download", ["kaggle.attempts=0"], "kaggle.attempts must"),
+        (demo_main, "prepare_demo", [out, f"demo.source={none}", "demo.test_per_class=0"], "demo.test_per_class must"),
+    ]
+    for fn, config_name, overrides, message in entries:
+        if config_name != "prepare_demo":
+            overrides = [out, f"data.root={none}", *overrides]
+        with pytest.raises(PipelineError, match=message):
+            fn(compose(config_name, overrides))
+
+
+def test_cli_refuses_an_out_of_range_option_before_training(tmp_path):
+    out = _cli("-m", "pipeline.train", "+model=effnet_lite0", "data=demo", f"paths.outputs={tmp_path}", "tta.n=0")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["error: tta.n must be >= 1, got 0"]
+    assert not (tmp_path / "preds").exists() and not (tmp_path / "checkpoints").exists()
 
 
 ROOT_SCHEMAS = {

@@ -100,7 +100,7 @@ def submit_cfg(demo, outputs, *extra: str):
             f"paths.outputs={outputs}",
             f"data.root={demo}",
             "kaggle.backoff_s=0",
-            "submit.poll_s=0",
+            "submit.poll_s=0.01",
             "submit.timeout_s=5",
             *extra,
         ],
@@ -419,7 +419,7 @@ def test_cli_download_then_submit_then_list(stand_in, tmp_path):
     csv = tmp_path / "mine.csv"
     truth.to_csv(csv, index=False)
     done = run_cli(
-        *routed, "pipeline.submit", *common, f"submit.file={csv}", "submit.message=cli test", "submit.poll_s=0"
+        *routed, "pipeline.submit", *common, f"submit.file={csv}", "submit.message=cli test", "submit.poll_s=0.01"
     )
     assert done.returncode == 0, done.stderr
     assert f"public score {stand_in.public_score}" in done.stdout

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.errors import PipelineError
+from pipeline.fileio import new_temp
 
 LABELS = [
     "t-shirt_top",
@@ -76,7 +76,7 @@ def build_demo(source: str | Path, dest: str | Path, *, train_per_class: int, te
         return dest
     rng = np.random.default_rng(seed)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    tmp = new_temp(dest.parent, f".{dest.name}.", folder=True)
     try:
         images, labels = load_split(source, "train")
         train_rows = []

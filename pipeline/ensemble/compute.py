@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Weighting
+from pipeline.config import Weighting, check_ranges
 from pipeline.data.submission_csv import accuracy_against, read_sample_submission
 from pipeline.ensemble.arithmetic import as_probs, blend_probs, leave_one_out_accuracy
 from pipeline.ensemble.members import Member, ValidationSet, assemble_members, shared_validation, validation_mismatch
@@ -138,6 +138,7 @@ def compute_blend(cfg: Any) -> BlendResult:
     """The blend of the selected prediction files under every weighting they allow; writes nothing."""
     from pipeline.ensemble.weight_search import cross_fitted
 
+    check_ranges(cfg)
     runs = [load(f) for f in select_files(cfg.paths.preds, list(cfg.blend.runs))]
     check_compatible(runs)
     sample_path = Path(cfg.data.root) / "sample_submission.csv"

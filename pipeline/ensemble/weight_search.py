@@ -74,12 +74,8 @@ def greedy_weights(
     seed: int,
 ) -> np.ndarray:
     """Ensemble selection with replacement; with bags > 1, run on `bags` random subsets of
-    `bag_fraction` of the runs and average their weights (Caruana's bagged selection)."""
-    if steps < 0 or init < 1 or bags < 1 or not 0 < bag_fraction <= 1:
-        raise PipelineError(
-            "blend.greedy needs steps >= 0, init >= 1, bags >= 1 and 0 < bag_fraction <= 1, got "
-            f"steps={steps} init={init} bags={bags} bag_fraction={bag_fraction}"
-        )
+    `bag_fraction` of the runs and average their weights (Caruana's bagged selection). The options'
+    ranges (blend.greedy.*) are checked at start-up by pipeline.config.check_ranges."""
     n = len(stack)
     terms = _terms(stack, targets, mean)
     if bags == 1:

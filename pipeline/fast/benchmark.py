@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import to_container
+from pipeline.config import check_ranges, to_container
 from pipeline.errors import PipelineError
 from pipeline.tables import format_table
 from pipeline.training.specs import RunSpec
@@ -248,6 +248,7 @@ def run_benchmark(cfg: Any) -> str:
     from pipeline.training.learner import pick_device
     from pipeline.training.pretrained import LITE_PACKAGES, convert_lite_weights, timm_kwargs
 
+    check_ranges(cfg)
     b = cfg.bench
     root = Path(cfg.data.root)
     if not root.exists():

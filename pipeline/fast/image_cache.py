@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from pipeline.fileio import atomic_path
+from pipeline.fileio import atomic_path, new_temp
 
 if TYPE_CHECKING:
     from fastai.vision.core import PILImage
@@ -138,8 +137,7 @@ def _write(tmp: str, run: RunSpec, files: list[Path], shape: tuple[int, ...], th
 def _build(array_path: Path, run: RunSpec, files: list[Path], shape: tuple[int, ...]) -> None:
     """Decode and resize `files` into a new array, renamed into place only once complete."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    fd, tmp = tempfile.mkstemp(dir=array_path.parent, prefix=f".{array_path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(new_temp(array_path.parent, f".{array_path.name}.", ".tmp"))
     try:
         _write(tmp, run, files, shape, cores)
         os.replace(tmp, array_path)

@@ -12,15 +12,16 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import check_ranges
 from pipeline.data.competition import scan_competition
 from pipeline.errors import PipelineError
+from pipeline.fileio import new_temp
 from pipeline.kaggle.client import call, client_output, connect
 from pipeline.tables import format_table
 
@@ -54,6 +55,7 @@ def check_layout(root: Path) -> Layout:
 
 
 def download(cfg: Any) -> DownloadResult:
+    check_ranges(cfg)
     slug, force = cfg.data.competition, cfg.download.force
     root = Path(cfg.data.root)
     zip_path = Path(cfg.download.zip_dir or root.parent) / f"{slug}.zip"
@@ -99,7 +101,7 @@ def unpack(zip_path: Path, root: Path) -> Layout:
     prefix = f".{root.name}.unpacking-"
     for stale in parent.glob(prefix + "*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    tmp = new_temp(parent, prefix, folder=True)
     try:
         log.info("unpacking %s", zip_path)
         try:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config import check_ranges
 from pipeline.data.submission_csv import validate_submission
 from pipeline.errors import PipelineError
 from pipeline.kaggle import ledger
@@ -69,6 +70,7 @@ def label_vocab(data_root: Path, record: dict[str, Any] | None, csv: Path) -> li
 
 
 def submit(cfg: Any) -> SubmitResult:
+    check_ranges(cfg)
     s, slug = cfg.submit, cfg.data.competition
     csv, root = Path(s.file), Path(cfg.data.root)
     record = blend_record(csv)

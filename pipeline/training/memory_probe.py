@@ -209,11 +209,13 @@ def read_accums(path: str | Path) -> dict[str, int]:
 def probe_model(cfg: Any) -> dict[str, int]:
     """Probe every run of cfg.model; print the table; write the choices when probe.write is set.
     Raises PipelineError when some run fits at no accum tried."""
+    from pipeline.config import check_ranges
     from pipeline.data.competition import scan_competition
     from pipeline.training.learner import pick_device
     from pipeline.training.pretrained import timm_kwargs
     from pipeline.training.specs import resolve_runs
 
+    check_ranges(cfg)
     runs = resolve_runs(cfg)
     comp = scan_competition(cfg.data.root)
     device = pick_device(cfg.train.device)

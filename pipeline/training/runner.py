@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import to_container
+from pipeline.config import check_ranges, to_container
 from pipeline.data.competition import Competition, scan_competition
 from pipeline.data.splits import Split, make_split
 from pipeline.errors import PipelineError, one_line
@@ -169,6 +169,7 @@ def train_model(cfg: Any) -> list[RunResult]:
     from pipeline.training.memory_probe import read_accums
     from pipeline.training.pretrained import timm_kwargs
 
+    check_ranges(cfg)
     probe_file = Path(cfg.paths.probe) / f"{cfg.model.name}.yaml" if cfg.get("model") else None
     probed = read_accums(probe_file) if probe_file else {}
     if probed:

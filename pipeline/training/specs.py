@@ -50,8 +50,8 @@ def variant_name(resize: str, item_size: tuple[int, ...], size: tuple[int, ...])
 
 def _size(value: Any, what: str) -> tuple[int, ...]:
     size = tuple(int(v) for v in value)
-    if len(size) not in (1, 2) or min(size) < 1:
-        raise PipelineError(f"{what} must be [n] or [height, width] with positive numbers, got {list(value)}")
+    if len(size) not in (1, 2):  # each number's range: pipeline.config.check_ranges
+        raise PipelineError(f"{what} must be [n] or [height, width], got {list(value)}")
     return size
 
 
@@ -71,7 +71,7 @@ def resolve_runs(cfg: Any, probed: dict[str, int] | None = None) -> list[RunSpec
         name = f"{model.name}_{v.name or variant_name(resize, item_size, size)}"
         accum = cfg.train.accum or (probed or {}).get(name) or v.accum or model.accum
         batch_size = v.batch_size or model.batch_size
-        if accum < 1 or batch_size % accum:
+        if batch_size % accum:
             raise PipelineError(f"{where}: batch_size {batch_size} is not divisible by accum {accum}")
         runs.append(
             RunSpec(
@@ -99,8 +99,6 @@ def resolve_runs(cfg: Any, probed: dict[str, int] | None = None) -> list[RunSpec
 
 def _per_fold(runs: list[RunSpec], data: Any) -> list[RunSpec]:
     """Each variant once per fold, named <run>_fold<k>."""
-    if data.folds < 2:
-        raise PipelineError(f"data.split=kfold needs data.folds of at least 2, got {data.folds}")
     return [
         replace(run, name=f"{run.name}_fold{k}", fold=k, n_folds=data.folds) for run in runs for k in range(data.folds)
     ]
