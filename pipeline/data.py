@@ -9,9 +9,11 @@ Layout (as Kaggle's Paddy Doctor ships it):
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,26 @@ class Competition:
     @property
     def test_ids(self) -> list[str]:
         return [f.name for f in self.test_files]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The data a run trains and predicts on, as first asked for: the training images with their
+        label folders and the test images in the sample submission's order, each with its size and
+        mtime. Paths are taken relative to the data folder, so the same files moved or mounted
+        elsewhere (a copy that keeps mtimes: cp -a, rsync -a, unzip) keep finished runs."""
+        return fingerprint([*self.train_files, *self.test_files], self.root)
+
+
+def fingerprint(files: Iterable[Path], root: Path | None = None) -> str:
+    """A hash of each file's path (relative to `root`, else absolute), size and mtime, in order: it
+    changes when a file is added, removed, renamed, moved to another folder or rewritten. One stat
+    a file; the images are not read."""
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        name = f.relative_to(root) if root is not None else f.resolve()
+        h.update(f"\0{name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 def _images(folder: Path) -> list[Path]:

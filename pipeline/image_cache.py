@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from pipeline.data import fingerprint
 from pipeline.fileio import atomic_path
 
 if TYPE_CHECKING:
@@ -61,11 +62,9 @@ def cache_key(run: RunSpec, files: list[Path]) -> str:
     import fastai
 
     transform = f"{run.resize}{'x'.join(map(str, run.item_size))}"
-    h = hashlib.sha256(json.dumps([FORMAT_VERSION, fastai.__version__, transform]).encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"\0{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return f"{transform}-{h.hexdigest()[:20]}"
+    # absolute paths: the index names its rows by path, so each data folder has its own cache
+    identity = [FORMAT_VERSION, fastai.__version__, transform, fingerprint(files)]
+    return f"{transform}-{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]}"
 
 
 def _load_plain(path: Path, run: RunSpec) -> np.ndarray:

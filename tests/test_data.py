@@ -1,4 +1,5 @@
 import logging
+import os
 import shutil
 
 import pandas as pd
@@ -115,3 +116,24 @@ def test_demo_layout(demo_root):
     assert list(truth.image_id) == comp.test_ids  # truth rows follow the sample's shuffled order
     assert set(truth.label) == set(comp.vocab)
     assert comp.test_ids != sorted(comp.test_ids)
+
+
+def test_fingerprint_follows_the_files_not_the_folder(paddy_copy, tmp_path):
+    seen = [scan_competition(paddy_copy).fingerprint]
+    assert scan_competition(paddy_copy).fingerprint == seen[0]
+    moved = shutil.move(paddy_copy, tmp_path / "elsewhere")  # the same files in another place
+    assert scan_competition(moved).fingerprint == seen[0]
+
+    train = moved / "train_images"
+    image = next((train / "blast").glob("*.jpg"))
+    relabelled = image.rename(train / "normal" / image.name)  # moved to another label
+    seen.append(scan_competition(moved).fingerprint)
+    shutil.copy(relabelled, train / "tungro" / "new.jpg")  # added
+    seen.append(scan_competition(moved).fingerprint)
+    st = relabelled.stat()
+    os.utime(relabelled, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten
+    seen.append(scan_competition(moved).fingerprint)
+    sample = pd.read_csv(moved / "sample_submission.csv")
+    sample.iloc[::-1].to_csv(moved / "sample_submission.csv", index=False)  # the test rows reordered
+    seen.append(scan_competition(moved).fingerprint)
+    assert len(set(seen)) == len(seen)
