@@ -52,7 +52,7 @@ def check_compatible(runs: list[Predictions]) -> None:
             raise PipelineError(f"{run.path}: its vocab {run.vocab} differs from {first.path}'s {first.vocab}")
 
 
-def check_test_images(runs: list[Predictions], sample_path: Path, order: list[str], data_root: Any) -> None:
+def check_test_images(runs: list[Predictions], sample_path: Path, order: list[str], data_root: str | Path) -> None:
     """Every run must predict the sample submission's test images; the stale ones are named, all of them."""
     stale = [r for r in runs if set(r.test_ids) != set(order)]
     if not stale:
