@@ -7,15 +7,22 @@ of its range, before any data is read.
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from pipeline.errors import PipelineError
+
+# Tells apart the folders of jobs started in the same second (conf/*.yaml hydra.run.dir and
+# hydra.sweep.dir): the process id, unique on a host, and a random part, for jobs on several hosts
+# writing one outputs folder. One value per process, so a job's folder is the same wherever it is asked.
+JOB_SUFFIX = f"{os.getpid()}-{secrets.token_hex(2)}"
 
 
 class ResizeMethod(StrEnum):
@@ -312,6 +319,10 @@ def check_ranges(cfg: Any) -> None:
 
 
 def register_configs() -> None:
+    """The schemas, and the job_suffix resolver the job folders use; before Hydra composes a config."""
+    if not OmegaConf.has_resolver("job_suffix"):
+        # cached in the config like Hydra's ${now:}, so a launcher's jobs in other processes keep its value
+        OmegaConf.register_new_resolver("job_suffix", lambda: JOB_SUFFIX, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="bench_schema", node=BenchAppConfig)

@@ -45,7 +45,8 @@ class Predictions:
     created: str = ""
     device: str = ""
     run_hash: str = ""  # identity of the run's inputs (pipeline.training.provenance.run_hash)
-    environment: dict[str, Any] = field(default_factory=dict)  # versions, git commit, device, split seed
+    # versions, git commit, device, split seed, data_fingerprint (pipeline.data.competition.Competition.fingerprint)
+    environment: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # where it was loaded from; not stored
 
     def check(self, where: str, fix: str) -> None:

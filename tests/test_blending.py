@@ -90,18 +90,23 @@ def test_runs_disagreeing_on_vocab_are_refused_by_name(tmp_path, comp_root):
         blend(blend_cfg(tmp_path, comp_root))
 
 
-def test_runs_disagreeing_on_test_ids_are_refused_by_name(tmp_path, comp_root):
+def test_stale_runs_are_all_named_with_how_to_retrain_them(tmp_path, comp_root):
+    # a and c predict the sample's test images (in any order); b and d were trained before they changed
     save(tmp_path, make_preds("a"))
     save(tmp_path, make_preds("b", test_ids=["a.jpg", "b.jpg", "z.jpg"]))
-    with pytest.raises(PipelineError, match=r"b\.pt: its test image ids differ"):
+    save(tmp_path, make_preds("c", test_ids=IDS[::-1]))
+    save(tmp_path, make_preds("d", test_ids=IDS[:2], config={"model": {"name": "vit_large"}}))
+    with pytest.raises(PipelineError) as err:
         blend(blend_cfg(tmp_path, comp_root))
-
-
-def test_predictions_not_matching_the_sample_submission(tmp_path, comp_root):
-    save(tmp_path, make_preds("a", test_ids=["a.jpg", "b.jpg", "q.jpg"]))
-    with pytest.raises(PipelineError, match="test images differ from the rows of"):
-        blend(blend_cfg(tmp_path, comp_root))
+    preds, sample = tmp_path / "preds", comp_root / "sample_submission.csv"
+    assert str(err.value) == (
+        f"2 prediction file(s) predict other test images than the rows of {sample}, so were trained on other data: "
+        f"{preds / 'b.pt'}, {preds / 'd.pt'}; retrain them on this data with their other options unchanged "
+        f"(python -m pipeline.train -m +model=m,vit_large data.root={comp_root}) or leave them out with blend.runs"
+    )
     assert not (tmp_path / "sub.csv").exists()
+    blend(blend_cfg(tmp_path, comp_root, "blend.runs=[a,c]"))  # the up-to-date ones blend
+    assert (tmp_path / "sub.csv").exists()
 
 
 @pytest.mark.parametrize(

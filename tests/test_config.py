@@ -1,7 +1,11 @@
+import math
+import re
 import subprocess
 import sys
+import time
 
 import pytest
+import yaml
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
@@ -294,3 +298,37 @@ def test_yaml_defaults_agree_with_the_schema(root):
         if key in defaults and defaults[key] != "???" and defaults[key] != value
     }
     assert differ == {}, f"conf/ and pipeline/config.py disagree (schema, yaml): {differ}"
+
+
+# Runs a CLI's main at a given wall-clock time, once its imports are done: jobs started at one moment,
+# as a scheduler starts them.
+AT = """
+import runpy, sys, time
+from importlib import import_module
+start, module, *args = sys.argv[1:]
+import_module(module)
+time.sleep(max(0.0, float(start) - time.time()))
+sys.argv = [module, *args]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def test_jobs_started_in_the_same_second_get_a_folder_each(tmp_path):
+    start = math.ceil(time.time()) + 5.05  # past the imports, at the start of a second
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", AT, str(start), "pipeline.blend", f"paths.outputs={tmp_path}", f"blend.seed={i}"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(3)
+    ]
+    for job in jobs:  # each fails at once (no prediction files), its folder already made
+        _, err = job.communicate(timeout=120)
+        assert job.returncode == 2 and b"no prediction files" in err
+    folders = sorted((tmp_path / "runs" / "blend").iterdir())
+    assert len(folders) == 3 and all(re.match(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_", f.name) for f in folders)
+    overrides = [yaml.safe_load((f / ".hydra" / "overrides.yaml").read_text()) for f in folders]
+    assert sorted(o[-1] for o in overrides) == ["blend.seed=0", "blend.seed=1", "blend.seed=2"]
+    assert all((f / "blend.log").is_file() for f in folders)

@@ -1,8 +1,13 @@
 import logging
+import os
 import shutil
+import struct
+import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipeline.data.competition import scan_competition
 from pipeline.errors import PipelineError
@@ -115,3 +120,60 @@ def test_demo_layout(demo_root):
     assert list(truth.image_id) == comp.test_ids  # truth rows follow the sample's shuffled order
     assert set(truth.label) == set(comp.vocab)
     assert comp.test_ids != sorted(comp.test_ids)
+
+
+def test_sixteen_bit_grayscale_png_is_refused_naming_it(paddy_copy):
+    deep = paddy_copy / "train_images" / "blast" / "deep.png"
+    Image.fromarray(np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (64, 1))).save(deep)
+    with Image.open(deep) as im:  # fastai's PILImage.create decodes with convert("RGB"): clipped, near white
+        assert im.mode == "I;16" and np.asarray(im.convert("RGB")).mean() > 250
+    with pytest.raises(PipelineError) as err:
+        scan_competition(paddy_copy)
+    assert str(err.value) == (
+        f"1 image(s) have more than 8 bits a channel, which training would clip at 255 (white): {deep} (I;16); "
+        "convert them to 8-bit (e.g. ImageMagick: mogrify -depth 8 FILE)"
+    )
+
+
+def _png16(path, pixels):
+    """A 16-bit colour PNG (PIL cannot write one): `pixels` is (height, width, 3) uint16."""
+    h, w, _ = pixels.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def test_sixteen_bit_colour_png_is_scaled_by_pil_and_accepted(paddy_copy):
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (64, 1))
+    deep = paddy_copy / "train_images" / "blast" / "deep.png"
+    _png16(deep, np.stack([ramp] * 3, axis=-1))
+    with Image.open(deep) as im:
+        assert im.mode == "RGB" and np.asarray(im.convert("RGB")).mean() == pytest.approx(127.5, abs=0.5)
+    assert deep in scan_competition(paddy_copy).train_files
+
+
+def test_fingerprint_follows_the_files_not_the_folder(paddy_copy, tmp_path):
+    seen = [scan_competition(paddy_copy).fingerprint]
+    assert scan_competition(paddy_copy).fingerprint == seen[0]
+    moved = shutil.move(paddy_copy, tmp_path / "elsewhere")  # the same files in another place
+    assert scan_competition(moved).fingerprint == seen[0]
+
+    train = moved / "train_images"
+    image = next((train / "blast").glob("*.jpg"))
+    relabelled = image.rename(train / "normal" / image.name)  # moved to another label
+    seen.append(scan_competition(moved).fingerprint)
+    shutil.copy(relabelled, train / "tungro" / "new.jpg")  # added
+    seen.append(scan_competition(moved).fingerprint)
+    st = relabelled.stat()
+    os.utime(relabelled, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten
+    seen.append(scan_competition(moved).fingerprint)
+    sample = pd.read_csv(moved / "sample_submission.csv")
+    sample.iloc[::-1].to_csv(moved / "sample_submission.csv", index=False)  # the test rows reordered
+    seen.append(scan_competition(moved).fingerprint)
+    assert len(set(seen)) == len(seen)

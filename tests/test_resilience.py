@@ -1,6 +1,7 @@
 """Long jobs survive: skip what is done, isolate failures, retry out-of-memory, resume after a kill."""
 
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,26 @@ def test_a_finished_run_is_skipped_until_its_config_changes(demo_root, weights_d
     stamp = first.path.stat().st_mtime_ns
     (forced,) = train_model(compose("config", [*overrides, "tta.beta=0.5", "train.force=true"]))
     assert forced.status == "trained" and first.path.stat().st_mtime_ns != stamp
+
+
+def test_a_finished_run_is_retrained_when_its_data_changes(demo_root, weights_dir, tmp_path, caplog):
+    data = shutil.copytree(demo_root, tmp_path / "demo")  # the fixture is shared: change a copy
+    preds = tmp_path / "preds"
+    (first,) = train_model(compose("config", tiny_run_overrides(data, weights_dir, preds)))
+    fingerprint = predictions.load(first.path).environment["data_fingerprint"]
+    moved = shutil.move(data, tmp_path / "moved")  # the same files elsewhere: still done
+    (same,) = train_model(compose("config", tiny_run_overrides(moved, weights_dir, preds)))
+    assert same.status == "skipped"
+
+    label, other = sorted((moved / "train_images").iterdir())[:2]
+    image = sorted(label.iterdir())[0]
+    image.rename(other / image.name)  # relabelled
+    with caplog.at_level(logging.INFO):
+        (again,) = train_model(compose("config", tiny_run_overrides(moved, weights_dir, preds)))
+    assert again.status == "trained" and "was trained on other data" in caplog.text
+    assert predictions.load(again.path).environment["data_fingerprint"] != fingerprint
+    (done,) = train_model(compose("config", tiny_run_overrides(moved, weights_dir, preds)))
+    assert done.status == "skipped"
 
 
 def test_out_of_memory_retries_with_doubled_accum(demo_root, weights_dir, tmp_path, caplog):

@@ -9,8 +9,11 @@ Layout (as Kaggle's Paddy Doctor ships it):
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from PIL import Image
@@ -35,28 +38,57 @@ class Competition:
     def test_ids(self) -> list[str]:
         return [f.name for f in self.test_files]
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """The data a run trains and predicts on, as first asked for: the training images with their
+        label folders and the test images in the sample submission's order, each with its size and
+        mtime. Paths are taken relative to the data folder, so the same files moved or mounted
+        elsewhere (a copy that keeps mtimes: cp -a, rsync -a, unzip) keep finished runs."""
+        return fingerprint([*self.train_files, *self.test_files], self.root)
+
+
+def fingerprint(files: Iterable[Path], root: Path | None = None) -> str:
+    """A hash of each file's path (relative to `root`, else absolute), size and mtime, in order: it
+    changes when a file is added, removed, renamed, moved to another folder or rewritten. One stat
+    a file; the images are not read."""
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        name = f.relative_to(root) if root is not None else f.resolve()
+        h.update(f"\0{name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
 
 def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def image_problem(path: Path) -> str | None:
-    """Why `path` cannot be decoded, or None. JPEGs are decoded at 1/8 scale (about 1 ms each),
-    which still reads every byte of the file and so catches truncation."""
+def inspect_image(path: Path) -> tuple[str | None, str | None]:
+    """(PIL mode, None) if `path` decodes, else (None, why not). JPEGs are decoded at 1/8 scale
+    (about 1 ms each), which still reads every byte of the file and so catches truncation."""
     try:
         with Image.open(path) as im:
             im.draft("RGB", (1, 1))
             im.load()
+            return im.mode, None
     except Exception as e:  # PIL raises many types for bad files; all mean "unreadable"
-        return f"{type(e).__name__}: {e}"
-    return None
+        return None, f"{type(e).__name__}: {e}"
+
+
+def too_deep(mode: str | None) -> bool:
+    """Whether PIL holds the image in a mode of more than 8 bits a channel that fastai cannot use: single-
+    channel 16-bit PNGs and TIFFs (I;16*), 32-bit integer (I) or float (F) ones. fastai's decoding
+    (PILImage.create: PIL's convert("RGB")) clips them at 255, so a 16-bit photo trains as a white
+    image. 16-bit colour PNGs are fine: PIL opens them as 8-bit RGB(A)."""
+    return mode is not None and (mode in ("I", "F") or mode.startswith("I;16"))
 
 
 def scan_competition(root: str | Path) -> Competition:
     """Find and check every file training and prediction will need, before anything is trained.
 
     Unreadable training images are skipped with a warning naming each; an unreadable test image
-    stops the scan, since every test row needs a prediction.
+    stops the scan, since every test row needs a prediction, and so does an image fastai would
+    decode wrongly (see too_deep).
     """
     root = Path(root)
     if not root.is_dir():
@@ -88,11 +120,19 @@ def scan_competition(root: str | Path) -> Competition:
         log.warning("%d file(s) in %s are not in sample_submission.csv: not predicted", extra, test_dir)
     test_files = [test_by_name[i] for i in sample.image_id]
 
-    bad_test = [(p, r) for p in test_files if (r := image_problem(p))]
+    checked = {p: inspect_image(p) for p in [*test_files, *train_files]}
+    bad_test = [(p, r) for p in test_files if (r := checked[p][1])]
     if bad_test:
         listing = "; ".join(f"{p} ({r})" for p, r in bad_test[:5])
         raise PipelineError(f"{len(bad_test)} unreadable test image(s), replace them: {listing}")
-    skipped = [(p, r) for p in train_files if (r := image_problem(p))]
+    deep = [(p, mode) for p, (mode, _) in checked.items() if too_deep(mode)]
+    if deep:
+        listing = "; ".join(f"{p} ({mode})" for p, mode in deep[:5])
+        raise PipelineError(
+            f"{len(deep)} image(s) have more than 8 bits a channel, which training would clip at 255 (white): "
+            f"{listing}; convert them to 8-bit (e.g. ImageMagick: mogrify -depth 8 FILE)"
+        )
+    skipped = [(p, r) for p in train_files if (r := checked[p][1])]
     for p, r in skipped:
         log.warning("skipping unreadable training image %s (%s)", p, r)
     bad = {p for p, _ in skipped}

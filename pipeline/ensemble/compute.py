@@ -48,13 +48,26 @@ def select_files(preds_dir: str | Path, patterns: list[str]) -> list[Path]:
 
 
 def check_compatible(runs: list[Predictions]) -> None:
-    """Every run must predict the same classes, in the same order, for the same test images."""
+    """Every run must predict the same classes, in the same order."""
     first = runs[0]
     for run in runs[1:]:
         if run.vocab != first.vocab:
             raise PipelineError(f"{run.path}: its vocab {run.vocab} differs from {first.path}'s {first.vocab}")
-        if set(run.test_ids) != set(first.test_ids):
-            raise PipelineError(f"{run.path}: its test image ids differ from those of {first.path}")
+
+
+def check_test_images(runs: list[Predictions], sample_path: Path, order: list[str], data_root: str | Path) -> None:
+    """Every run must predict the sample submission's test images; the stale ones are named, all of them."""
+    stale = [r for r in runs if set(r.test_ids) != set(order)]
+    if not stale:
+        return
+    models = sorted({(r.config.get("model") or {}).get("name", r.member) for r in stale})
+    multi = "-m " if len(models) > 1 else ""
+    raise PipelineError(
+        f"{len(stale)} prediction file(s) predict other test images than the rows of {sample_path}, so were "
+        f"trained on other data: {', '.join(str(r.path) for r in stale)}; retrain them on this data with their "
+        f"other options unchanged (python -m pipeline.train {multi}+model={','.join(models)} data.root={data_root}) "
+        "or leave them out with blend.runs"
+    )
 
 
 def config_weights(members: list[Member], overrides: dict[str, float]) -> np.ndarray:
@@ -140,11 +153,10 @@ def compute_blend(cfg: Any) -> BlendResult:
 
     check_ranges(cfg)
     runs = [load(f) for f in select_files(cfg.paths.preds, list(cfg.blend.runs))]
-    check_compatible(runs)
     sample_path = Path(cfg.data.root) / "sample_submission.csv"
     order = list(read_sample_submission(sample_path).image_id)
-    if set(order) != set(runs[0].test_ids):
-        raise PipelineError(f"the prediction files' test images differ from the rows of {sample_path}")
+    check_test_images(runs, sample_path, order, cfg.data.root)
+    check_compatible(runs)
     members = assemble_members(runs, order)
     weighting, mean = str(cfg.blend.weighting), str(cfg.blend.mean)
     mismatch = validation_mismatch(members)

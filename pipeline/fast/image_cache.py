@@ -9,7 +9,8 @@ Safety:
   mtime: a changed, added or removed image gives a new key, so a stale image is never served.
 - The array (`<key>.npy`) and its index (`<key>.json`, written last) are each written to a temporary
   file and renamed into place; an array whose header, shape or length does not match its index is
-  rebuilt, never served.
+  rebuilt, never served. A killed build's temporary array is removed when the cache is next opened
+  (pipeline.fileio: only once no live process holds it).
 - Only images whose item transform is deterministic are cached (squish always; crop and pad when the
   source already has the target's aspect ratio). fastai's Resize picks a random crop or pad position in
   training otherwise, so those few images are decoded as usual.
@@ -29,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from pipeline.fileio import atomic_path, new_temp
+from pipeline.data.competition import fingerprint
+from pipeline.fileio import atomic_path, locked_temp_file, sweep_temp_files
 
 if TYPE_CHECKING:
     from fastai.vision.core import PILImage
@@ -60,11 +62,9 @@ def cache_key(run: RunSpec, files: list[Path]) -> str:
     import fastai
 
     transform = f"{run.resize}{'x'.join(map(str, run.item_size))}"
-    h = hashlib.sha256(json.dumps([FORMAT_VERSION, fastai.__version__, transform]).encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"\0{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return f"{transform}-{h.hexdigest()[:20]}"
+    # absolute paths: the index names its rows by path, so each data folder has its own cache
+    identity = [FORMAT_VERSION, fastai.__version__, transform, fingerprint(files)]
+    return f"{transform}-{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]}"
 
 
 def _load_plain(path: Path, run: RunSpec) -> np.ndarray:
@@ -122,7 +122,7 @@ def _valid(array_path: Path, index_path: Path, key: str, shape: tuple[int, ...])
         return None
 
 
-def _write(tmp: str, run: RunSpec, files: list[Path], shape: tuple[int, ...], threads: int) -> None:
+def _write(tmp: Path, run: RunSpec, files: list[Path], shape: tuple[int, ...], threads: int) -> None:
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), *shape))
 
     def fill(i: int) -> None:
@@ -137,18 +137,21 @@ def _write(tmp: str, run: RunSpec, files: list[Path], shape: tuple[int, ...], th
 def _build(array_path: Path, run: RunSpec, files: list[Path], shape: tuple[int, ...]) -> None:
     """Decode and resize `files` into a new array, renamed into place only once complete."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    tmp = str(new_temp(array_path.parent, f".{array_path.name}.", ".tmp"))
+    fd, tmp = locked_temp_file(array_path)
     try:
         _write(tmp, run, files, shape, cores)
         os.replace(tmp, array_path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def open_cache(cache_dir: str | Path, run: RunSpec, files: list[Path]) -> ImageCache:
     """The cache of `files` under `run`'s item transform, built first if missing, stale or corrupt."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in sweep_temp_files(cache_dir):  # a killed build's partial array (as large as the cache)
+        log.info("removed %s, left by an interrupted cache build", leftover)
     key = cache_key(run, files)
     array_path, index_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     cacheable = []

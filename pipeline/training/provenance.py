@@ -17,13 +17,16 @@ PACKAGES = ("torch", "torchvision", "timm", "fastai", "fastcore", "numpy", "pand
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_hash(run: RunSpec, data: Any, tta: Any) -> str:
-    """Identity of a run: same hash, same training. Output paths and worker counts are left out (they
-    do not change the predictions), so moving outputs or changing num_workers keeps finished runs.
-    Hash the run as configured: an out-of-memory retry with a larger accum keeps the identity."""
+def run_hash(run: RunSpec, data: Any, tta: Any, data_fingerprint: str) -> str:
+    """Identity of a run: same hash, same training. `data_fingerprint` (Competition.fingerprint) stands
+    for the images: an image added, removed, relabelled or changed, or another test set, retrains.
+    Paths and worker counts are left out (they do not change the predictions), so moving outputs or
+    the data folder, or changing num_workers, keeps finished runs. Hash the run as configured: an
+    out-of-memory retry with a larger accum keeps the identity."""
     identity = {
         "run": asdict(run),
-        "data": {k: data[k] for k in sorted(data) if k not in ("num_workers", "test_labels")},
+        "data": {k: data[k] for k in sorted(data) if k not in ("root", "num_workers", "test_labels")},
+        "data_fingerprint": data_fingerprint,
         "tta": {k: tta[k] for k in sorted(tta)},
     }
     blob = json.dumps(identity, sort_keys=True, default=str)

@@ -94,7 +94,10 @@ def train_run(
         if device == "cuda":
             torch.cuda.empty_cache()
     valid_probs = valid_probs.float()
-    env = environment(device) | {"split_seed_configured": cfg.data.seed is not None}
+    env = environment(device) | {
+        "split_seed_configured": cfg.data.seed is not None,
+        "data_fingerprint": comp.fingerprint,  # the data it was trained on, as in its run hash
+    }
     return Predictions(
         run=run.name,
         member=run.member,
@@ -148,8 +151,8 @@ def train_with_retries(
     raise AssertionError("unreachable")
 
 
-def finished(path: Path, identity: str) -> Predictions | None:
-    """The run's prediction file, if it exists and was made by the same run."""
+def finished(path: Path, identity: str, data_fingerprint: str) -> Predictions | None:
+    """The run's prediction file, if it exists and was made by the same run on the same data."""
     if not path.is_file():
         return None
     try:
@@ -158,7 +161,12 @@ def finished(path: Path, identity: str) -> Predictions | None:
         log.warning("%s: retraining (%s)", path, e)
         return None
     if preds.run_hash != identity:
-        log.info("%s was trained with another config (run hash %s, now %s): retraining", path, preds.run_hash, identity)
+        if preds.environment.get("data_fingerprint", data_fingerprint) != data_fingerprint:
+            log.info("%s was trained on other data (images added, removed, moved or changed): retraining", path)
+        else:
+            log.info(
+                "%s was trained with another config (run hash %s, now %s): retraining", path, preds.run_hash, identity
+            )
         return None
     return preds
 
@@ -189,9 +197,9 @@ def train_model(cfg: Any) -> list[RunResult]:
     results: dict[str, RunResult] = {}
     todo = []
     for run in runs:
-        identity = run_hash(run, cfg.data, cfg.tta)
+        identity = run_hash(run, cfg.data, cfg.tta, comp.fingerprint)
         path = Path(cfg.paths.preds) / f"{run.name}.pt"
-        if not cfg.train.force and (done := finished(path, identity)):
+        if not cfg.train.force and (done := finished(path, identity, comp.fingerprint)):
             log.info(
                 "run %s: already trained with this config (%s): skipped; train.force=true retrains", run.name, path
             )
