@@ -67,6 +67,15 @@ def build_learner(
         cbs=[GradientAccumulation(run.batch_size), stop_on_nonfinite_loss(), *cbs],
         **timm_kwargs,
     )
+    body = learn.model[0]
+    # timm 1.x Swin and SwinV2 (any model with output_fmt NHWC) return features as [B, H, W, C], but
+    # fastai's TimmBody passes them on to its concat-pool head, which pools the last two axes as NCHW.
+    # Permuting in the body keeps fastai's head and its body/head param groups (freeze, unfreeze) as they are.
+    if body.needs_pool and getattr(body.model, "output_fmt", "NCHW") == "NHWC":
+        from torch import nn
+        from torchvision.ops import Permute
+
+        learn.model[0] = nn.Sequential(body, Permute([0, 3, 1, 2]))
     if channels_last:
         from fastai.callback.channelslast import ChannelsLast
 

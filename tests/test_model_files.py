@@ -1,0 +1,97 @@
+"""Every model file in conf/model/ trains and predicts, each variant at its real item and augmentation
+sizes (feature-layout bugs are size-specific): composed as the CLI composes it, built by training's own
+make_dataloaders + build_learner, freeze and unfreeze, one optimizer step on real Paddy photos, then
+a plain and a TTA prediction pass. Random weights (model.pretrained=false) and batches of 2: no hub;
+about 3.5 minutes of CPU time for the file, 20-35 s for each large-model variant."""
+
+import gc
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CONF, compose
+
+MODEL_FILES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def one_step():
+    """A callback that stops the fit after one optimizer step (before validation), recording the batch shape."""
+    from fastai.callback.core import Callback, CancelFitException
+
+    class OneStep(Callback):
+        def after_step(self) -> None:
+            self.batch_shape = tuple(self.xb[0].shape)
+            raise CancelFitException
+
+    return OneStep()
+
+
+def check_probs(probs: torch.Tensor, n: int, n_classes: int, what: str) -> None:
+    assert probs.shape == (n, n_classes), what
+    assert probs.isfinite().all(), what
+    torch.testing.assert_close(probs.sum(1), torch.ones(n), msg=what)
+
+
+def test_every_model_file_is_covered():
+    assert {"convnext_large", "vit_large", "swin_large", "swinv2_large", "effnet_lite0"} <= set(MODEL_FILES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODEL_FILES)
+def test_model_file_trains_and_predicts(model, paddy_root, tmp_path):
+    from pipeline import perf
+    from pipeline.data import Competition, make_dataloaders, scan_competition
+    from pipeline.fast_tta import tta
+    from pipeline.learner import build_learner
+    from pipeline.runs import resolve_runs
+    from pipeline.weights import timm_kwargs
+
+    cfg = compose(
+        "config",
+        [
+            f"+model={model}",
+            "model.pretrained=false",
+            "model.batch_size=2",
+            "train.accum=1",
+            "train.device=cpu",
+            "tta.n=1",
+            f"data.root={paddy_root}",
+            "data.num_workers=0",
+            f"perf.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    full = scan_competition(Path(cfg.data.root))
+    # 3 training photos (1 held out, 1 batch of 2 left) and 1 test photo; all 10 classes in the vocab
+    comp = Competition(full.root, full.vocab, full.train_files[::10], full.test_files[:1])
+    n_classes = len(comp.vocab)
+    for run in resolve_runs(cfg):
+        dls = make_dataloaders(comp, run, valid_idx=[0], num_workers=0, device="cpu", perf=cfg.perf)
+        step = one_step()
+        learn = build_learner(dls, run, "cpu", timm_kwargs(run), [step], perf.channels_last(cfg.perf, "cpu"))
+        body, head = learn.model[0], learn.model[1]
+        first = next(body.parameters())  # a stem / patch-embedding weight: no norm layer, so freezable
+        head_w = next(p for p in head.parameters() if p.ndim == 2)
+        # fine_tune's stages: body frozen (a param group of its own), then all unfrozen
+        learn.freeze()
+        assert len(learn.opt.param_groups) == 2, f"{run.name}: body and head param groups"
+        assert not first.requires_grad and all(p.requires_grad for p in head.parameters()), run.name
+        learn.unfreeze()
+        assert all(p.requires_grad for p in learn.model.parameters()), run.name
+        before, head_before = first.detach().clone(), head_w.detach().clone()
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, run.lr)
+            size = run.size * 2 if len(run.size) == 1 else run.size
+            assert step.batch_shape == (2, 3, *size), f"{run.name}: trained at {step.batch_shape}"
+            assert not torch.equal(first, before), f"{run.name}: the body did not train"
+            assert not torch.equal(head_w, head_before), f"{run.name}: the head did not train"
+            assert all(p.isfinite().all() for p in learn.model.parameters()), run.name
+
+            probs, targs = learn.get_preds(ds_idx=1)
+            check_probs(probs, 1, n_classes, f"{run.name}: valid")
+            assert targs.shape == (1,)
+            test_probs, none = tta(learn, dls.test_dl(comp.test_files), cfg.tta.n, cfg.tta.beta, cfg.perf.fast_tta)
+            check_probs(test_probs, 1, n_classes, f"{run.name}: test TTA")
+            assert none is None
+        del learn, dls, body, head, first, head_w
+        gc.collect()
