@@ -1,8 +1,8 @@
 """Every model file in conf/model/ trains and predicts, each variant at its real item and augmentation
 sizes (feature-layout bugs are size-specific): composed as the CLI composes it, built by training's own
-make_dataloaders + build_learner, freeze and unfreeze, one optimizer step on real Paddy photos, then
-a plain and a TTA prediction pass. Random weights (model.pretrained=false) and batches of 2: no hub;
-about 3.5 minutes of CPU time for the file, 20-35 s for each large-model variant."""
+run_learner (image cache, fused augmentation, channels-last), freeze and unfreeze, one optimizer step on
+real Paddy photos, then a plain and a TTA prediction pass. Random weights (model.pretrained=false) and
+batches of 2: no hub; about 3.5 minutes of CPU time for the file, 20-35 s for each large-model variant."""
 
 import gc
 from pathlib import Path
@@ -40,12 +40,11 @@ def test_every_model_file_is_covered():
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODEL_FILES)
 def test_model_file_trains_and_predicts(model, paddy_root, tmp_path):
-    from pipeline import perf
-    from pipeline.data import Competition, make_dataloaders, scan_competition
-    from pipeline.fast_tta import tta
-    from pipeline.learner import build_learner
-    from pipeline.runs import resolve_runs
-    from pipeline.weights import timm_kwargs
+    from pipeline.data.competition import Competition, scan_competition
+    from pipeline.fast.tta import tta
+    from pipeline.training.learner import run_learner
+    from pipeline.training.pretrained import timm_kwargs
+    from pipeline.training.specs import resolve_runs
 
     cfg = compose(
         "config",
@@ -66,9 +65,9 @@ def test_model_file_trains_and_predicts(model, paddy_root, tmp_path):
     comp = Competition(full.root, full.vocab, full.train_files[::10], full.test_files[:1])
     n_classes = len(comp.vocab)
     for run in resolve_runs(cfg):
-        dls = make_dataloaders(comp, run, valid_idx=[0], num_workers=0, device="cpu", perf=cfg.perf)
         step = one_step()
-        learn = build_learner(dls, run, "cpu", timm_kwargs(run), [step], perf.channels_last(cfg.perf, "cpu"))
+        learn = run_learner(cfg, comp, run, "cpu", timm_kwargs(run), valid_idx=[0], cbs=[step])
+        dls = learn.dls
         body, head = learn.model[0], learn.model[1]
         first = next(body.parameters())  # a stem / patch-embedding weight: no norm layer, so freezable
         head_w = next(p for p in head.parameters() if p.ndim == 2)
