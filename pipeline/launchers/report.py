@@ -150,7 +150,9 @@ def report_table(jobs: list[dict[str, Any]]) -> str:
 
     def runs(j: dict[str, Any]) -> str:
         if j.get("runs"):
-            return ", ".join(f"{r['run']} {r['status']}" for r in j["runs"])
+            return ", ".join(
+                f"{r['run']} {r['status']}" + (f" ({r['error']})" if r["error"] else "") for r in j["runs"]
+            )
         return j.get("error") or ("" if j["status"] == "ok" else _died(j))
 
     return format_table(
