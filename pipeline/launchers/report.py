@@ -19,7 +19,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from pipeline.errors import JobFailed
-from pipeline.fileio import atomic_path
 from pipeline.tables import format_table
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,8 @@ def _job_dir(config: Any) -> Path:
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
+    from pipeline.fileio import atomic_path  # imports pandas: not at Hydra's start-up, which imports this module
+
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=1, default=str))
 
