@@ -110,6 +110,8 @@ class TrainConfig:
     checkpoint: bool = True
     oom_retries: int = 3
     callbacks: list[Any] = field(default_factory=list)
+    variant: str | None = None
+    fold: int | None = None
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The one exception type for input a user can fix, and how the CLIs report it: a single line.
 
-In a Hydra multirun (-m) a failing job must not stop the jobs after it: its error is logged, the
-sweep goes on, and MultirunFailures makes the command exit 2 at the end, listing what failed.
+In a Hydra multirun (-m) a failing job must not stop the other jobs: its error is logged and returned
+(a JobFailed), the sweep goes on, and the sweep's report (pipeline.launchers.report) lists what failed
+and makes the command exit 2 at the end, whichever launcher ran the jobs.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
-
-from hydra.experimental.callback import Callback
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,10 @@ def one_line(e: BaseException) -> str:
 
 
 class JobFailed(str):
-    """What a multirun job returns instead of exiting: its one-line error."""
+    """What a multirun job returns instead of exiting: its one-line error, and what each of its runs
+    did when the error says some runs failed (`runs`, plain data)."""
+
+    runs: tuple[dict[str, Any], ...] = ()
 
 
 def _in_multirun() -> bool:
@@ -45,8 +49,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def exit_on_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a CLI's task: a PipelineError becomes one line on stderr and exit code 2 (in a multirun,
-    a logged line and a JobFailed result); SIGTERM interrupts like Ctrl-C, so that temporary files
-    are cleaned up and finished files kept."""
+    a logged line and a JobFailed result, as is any other exception, its traceback kept in the job's
+    folder); SIGTERM interrupts like Ctrl-C, so that temporary files are cleaned up and finished files
+    kept. (Under SLURM, submitit's own handler of the time-out signal, USR2, is left alone: it requeues
+    the job and exits, and the requeued job resumes from its epoch checkpoint.)"""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -56,9 +62,16 @@ def exit_on_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         except PipelineError as e:
             if _in_multirun():
                 log.error("error: %s", e)
-                return JobFailed(str(e))
+                failed = JobFailed(str(e))
+                failed.runs = tuple(getattr(e, "runs", ()))
+                return failed
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except Exception as e:
+            if not _in_multirun():
+                raise
+            log.error("error: %s%s", one_line(e), _save_traceback())
+            return JobFailed(one_line(e))
         except KeyboardInterrupt:
             print("interrupted: finished files are kept; run the same command again to continue", file=sys.stderr)
             sys.exit(130)
@@ -66,20 +79,10 @@ def exit_on_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class MultirunFailures(Callback):
-    """Collects the jobs of a multirun that failed and exits 2 once all of them have run."""
+def _save_traceback() -> str:
+    """Keep the traceback of the exception being handled in the job's folder; where it went."""
+    from hydra.core.hydra_config import HydraConfig
 
-    def __init__(self) -> None:
-        self.failed: list[str] = []
-
-    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.utils import JobStatus
-
-        if job_return.status == JobStatus.COMPLETED and isinstance(job_return.return_value, JobFailed):
-            overrides = " ".join(config.hydra.overrides.task)
-            self.failed.append(f"job {config.hydra.job.num} ({overrides}): {job_return.return_value}")
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        if self.failed:
-            print(f"error: {len(self.failed)} job(s) failed:", *self.failed, sep="\n  ", file=sys.stderr)
-            sys.exit(2)
+    path = Path(HydraConfig.get().runtime.output_dir) / "traceback.txt"
+    path.write_text(traceback.format_exc())
+    return f" (traceback: {path})"

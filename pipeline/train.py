@@ -15,10 +15,10 @@ register_configs()
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @exit_on_error
-def main(cfg) -> None:
+def main(cfg) -> list[dict]:
     from pipeline.training.runner import train_model
 
-    train_model(cfg)
+    return [result.summary() for result in train_model(cfg)]  # for a multirun's report
 
 
 if __name__ == "__main__":

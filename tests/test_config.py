@@ -332,3 +332,36 @@ def test_jobs_started_in_the_same_second_get_a_folder_each(tmp_path):
     overrides = [yaml.safe_load((f / ".hydra" / "overrides.yaml").read_text()) for f in folders]
     assert sorted(o[-1] for o in overrides) == ["blend.seed=0", "blend.seed=1", "blend.seed=2"]
     assert all((f / "blend.log").is_file() for f in folders)
+
+
+def test_variant_and_fold_select_runs_for_one_job_each():
+    kfold = ["+model=vit_large", "data.split=kfold", "data.folds=3"]
+    names = [r.name for r in resolve_runs(compose("config", kfold))]
+    assert len(names) == 6
+    picked = [r.name for r in resolve_runs(compose("config", [*kfold, "train.fold=2"]))]
+    assert picked == ["vit_large_squish480_224_fold2", "vit_large_crop640x480_224_fold2"]
+    for variant in ("1", "crop640x480_224", "vit_large_crop640x480_224"):
+        (run,) = resolve_runs(compose("config", [*kfold, f"train.variant={variant}", "train.fold=0"]))
+        assert (run.name, run.fold) == ("vit_large_crop640x480_224_fold0", 0)
+    (run,) = resolve_runs(compose("config", ["+model=vit_large", "train.variant=0"]))
+    assert run.name == "vit_large_squish480_224" and run.fold is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["train.variant=2"],
+            "model vit_large has no variant '2': set train.variant to one of 0: squish480_224, 1: crop640x480_224",
+        ),
+        (["train.fold=1"], "train.fold=1 needs data.split=kfold (now holdout): drop train.fold"),
+        (
+            ["data.split=kfold", "data.folds=3", "train.fold=3"],
+            "train.fold=3 does not exist: data.folds=3 has folds 0..2",
+        ),
+    ],
+)
+def test_a_missing_variant_or_fold_is_one_clear_error(overrides, message):
+    with pytest.raises(PipelineError) as err:
+        resolve_runs(compose("config", ["+model=vit_large", *overrides]))
+    assert str(err.value) == message

@@ -11,6 +11,8 @@ Safety:
   file and renamed into place; an array whose header, shape or length does not match its index is
   rebuilt, never served. A killed build's temporary array is removed when the cache is next opened
   (pipeline.fileio: only once no live process holds it).
+- Jobs running at once on one machine (a launcher's pool) build a missing array once: the builder holds
+  a file lock (`.<key>.lock`), the others wait for it, then find the array complete and read it.
 - Only images whose item transform is deterministic are cached (squish always; crop and pad when the
   source already has the target's aspect ratio). fastai's Resize picks a random crop or pad position in
   training otherwise, so those few images are decoded as usual.
@@ -23,11 +25,14 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 from PIL import Image
 
 from pipeline.data.competition import fingerprint
@@ -165,21 +170,39 @@ def open_cache(cache_dir: str | Path, run: RunSpec, files: list[Path]) -> ImageC
     names = [str(f) for f in cacheable]
     if _valid(array_path, index_path, key, shape) == names:
         return ImageCache(array_path, names)
-    needed, free = len(cacheable) * int(np.prod(shape)), shutil.disk_usage(cache_dir).free
-    if needed > free // 2:  # never fill a disk (Kaggle's /kaggle/working holds 20 GB) for a speed-up
-        log.warning(
-            "not caching images: %.1f GB needed, %.1f GB free in %s; decoding as usual "
-            "(point perf.cache_dir at a larger disk to cache)",
-            needed / 1e9,
-            free / 1e9,
-            cache_dir,
-        )
-        return ImageCache(array_path, [])
-    log.info("caching %d decoded %s images in %s", len(cacheable), key.split("-")[0], array_path)
-    index_path.unlink(missing_ok=True)  # an index must never describe an array being rewritten
-    _build(array_path, run, cacheable, shape)
-    with atomic_path(index_path) as tmp:
-        tmp.write_text(json.dumps({"key": key, "files": names}))
-    if _valid(array_path, index_path, key, shape) != names:
-        raise OSError(f"the image cache {array_path} did not read back complete (disk full?)")
-    return ImageCache(array_path, names)
+    with _build_lock(cache_dir / f".{key}.lock"):
+        if _valid(array_path, index_path, key, shape) == names:  # another job built it while this one waited
+            return ImageCache(array_path, names)
+        needed, free = len(cacheable) * int(np.prod(shape)), shutil.disk_usage(cache_dir).free
+        if needed > free // 2:  # never fill a disk (Kaggle's /kaggle/working holds 20 GB) for a speed-up
+            log.warning(
+                "not caching images: %.1f GB needed, %.1f GB free in %s; decoding as usual "
+                "(point perf.cache_dir at a larger disk to cache)",
+                needed / 1e9,
+                free / 1e9,
+                cache_dir,
+            )
+            return ImageCache(array_path, [])
+        log.info("caching %d decoded %s images in %s", len(cacheable), key.split("-")[0], array_path)
+        index_path.unlink(missing_ok=True)  # an index must never describe an array being rewritten
+        _build(array_path, run, cacheable, shape)
+        with atomic_path(index_path) as tmp:
+            tmp.write_text(json.dumps({"key": key, "files": names}))
+        if _valid(array_path, index_path, key, shape) != names:
+            raise OSError(f"the image cache {array_path} did not read back complete (disk full?)")
+        return ImageCache(array_path, names)
+
+
+@contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """Held while building: one builder per array among the jobs on this machine (or sharing this disk)."""
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another job is building the image cache (lock %s): waiting for it", path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

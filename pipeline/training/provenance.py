@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
+import sys
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -41,8 +43,30 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def placement() -> dict[str, Any]:
+    """Where this process runs: the host, the GPUs it was given (CUDA_VISIBLE_DEVICES, set per job by Ray
+    and SLURM), the Hydra launcher and the job's id there (SLURM job id, Ray task id), and how many times
+    SLURM restarted the job (a requeue after a time-out or preemption)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = HydraConfig.get().runtime.choices.get("hydra/launcher") if HydraConfig.initialized() else None
+    job_id = os.environ.get("SLURM_JOB_ID")
+    ray = sys.modules.get("ray")  # imported only in a Ray worker
+    if job_id is None and ray is not None and ray.is_initialized():
+        job_id = ray.get_runtime_context().get_task_id()
+    restarts = os.environ.get("SLURM_RESTART_COUNT")
+    return {
+        "host": platform.node(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "launcher": launcher,
+        "job_id": job_id,
+        "restarts": int(restarts) if restarts else 0,
+    }
+
+
 def environment(device: str) -> dict[str, Any]:
-    """Package versions, the project's git commit (and whether the tree had changes), and the device."""
+    """Package versions, the project's git commit (and whether the tree had changes), the device, and
+    where the run was trained (`placement`)."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -57,8 +81,7 @@ def environment(device: str) -> dict[str, Any]:
         "git_dirty": None if status is None else bool(status),
         "device": device,
         "device_name": _device_name(device),
-        "host": platform.node(),
-    }
+    } | placement()
 
 
 def _device_name(device: str) -> str:

@@ -3,6 +3,9 @@
 Long jobs survive: a run whose prediction file exists with the same identity hash is skipped, a
 failing run is reported while the others still train, an out-of-memory error retries the run with
 a doubled accum, and per-epoch checkpoints let an interrupted run resume mid-way.
+
+Jobs running at once (a launcher's pool, SLURM jobs on a shared disk) never train the same run: each run
+is trained under a file lock beside its prediction file, and a job finding it held skips the run.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import gc
 import logging
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,17 +37,32 @@ log = logging.getLogger(__name__)
 class RunsFailed(PipelineError):
     """Some runs of a job failed; the others finished and their prediction files are kept."""
 
+    def __init__(self, message: str, results: list[RunResult]) -> None:
+        super().__init__(message)
+        self.runs = [r.summary() for r in results]
+
 
 @dataclass
 class RunResult:
     run: RunSpec
-    status: str  # trained | skipped | failed
+    status: str  # trained | skipped | busy (another job holds it) | failed
     path: Path | None = None
     valid_error: float | None = None
     valid_error_tta: float | None = None
     accum: int | None = None  # as trained: larger than configured after an out-of-memory retry
     minutes: float = 0.0
     error: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data for a sweep's report: the run, what happened, its file or its error."""
+        return {
+            "run": self.run.name,
+            "status": self.status,
+            "path": str(self.path) if self.path else None,
+            "valid_error_tta": self.valid_error_tta,
+            "minutes": round(self.minutes, 2),
+            "error": self.error,
+        }
 
 
 def run_split(cfg: Any, comp: Competition, run: RunSpec, seed: int | None) -> Split:
@@ -218,14 +238,49 @@ def train_model(cfg: Any) -> list[RunResult]:
             log.error("run %s cannot train: %s", run.name, e)
             results[run.name] = RunResult(run, "failed", error=str(e))
     for run, identity, path, kwargs in todo:
-        results[run.name] = attempt(cfg, comp, run, identity, path, device, kwargs)
+        with run_lock(path) as held:
+            if not held:
+                lock = lock_file(path)
+                log.warning("run %s: another job is training it (%s is held): skipped here", run.name, lock)
+                results[run.name] = RunResult(run, "busy", error=f"trained by another job ({lock} is held)")
+            elif not cfg.train.force and (done := finished(path, identity)):  # another job finished it meanwhile
+                log.info("run %s: trained by another job meanwhile (%s): skipped", run.name, path)
+                results[run.name] = RunResult(
+                    run, "skipped", path, done.metrics["valid_error"], done.metrics["valid_error_tta"]
+                )
+            else:
+                results[run.name] = attempt(cfg, comp, run, identity, path, device, kwargs)
     ordered = [results[run.name] for run in runs]
     log.info("\n%s", results_table(ordered))
     if failed := [r for r in ordered if r.status == "failed"]:
         raise RunsFailed(
-            f"{len(failed)} of {len(ordered)} runs failed: " + "; ".join(f"{r.run.name} ({r.error})" for r in failed)
+            f"{len(failed)} of {len(ordered)} runs failed: " + "; ".join(f"{r.run.name} ({r.error})" for r in failed),
+            ordered,
         )
     return ordered
+
+
+def lock_file(preds_path: Path) -> Path:
+    return preds_path.with_name(f".{preds_path.stem}.lock")
+
+
+@contextmanager
+def run_lock(preds_path: Path) -> Iterator[bool]:
+    """Take the run's lock (`lock_file`) without waiting; yields whether this job holds it. The lock is
+    the kernel's (flock), so a job that dies releases it."""
+    from filelock import FileLock, Timeout
+
+    preds_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_file(preds_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def attempt(

@@ -4,6 +4,9 @@ data.split=kfold), with every setting resolved.
 Precedence for epochs and lr: `train.*` on the command line, then the variant, then the model
 file. accum likewise, with the probe's choice (pipeline.training.memory_probe) between `train.accum` and the
 variant. batch_size: the variant, then the model file.
+
+`train.variant` and `train.fold` keep one variant, one fold or both, after the expansion: a multirun over
+them (`-m train.fold=0,1,2,3,4`) gives one job per run, which a launcher can run side by side.
 """
 
 from __future__ import annotations
@@ -94,7 +97,30 @@ def resolve_runs(cfg: Any, probed: dict[str, int] | None = None) -> list[RunSpec
     names = [r.name for r in runs]
     if len(set(names)) < len(names):
         raise PipelineError(f"model {model.name} has two variants named alike ({names}): give them names")
-    return _per_fold(runs, cfg.data) if cfg.data.split == "kfold" else runs
+    runs = _select_variant(runs, model.name, cfg.train.get("variant"))
+    fold = cfg.train.get("fold")
+    if cfg.data.split != "kfold":
+        if fold is not None:
+            raise PipelineError(f"train.fold={fold} needs data.split=kfold (now {cfg.data.split}): drop train.fold")
+        return runs
+    runs = _per_fold(runs, cfg.data)
+    if fold is None:
+        return runs
+    if not 0 <= fold < cfg.data.folds:
+        last = cfg.data.folds - 1
+        raise PipelineError(f"train.fold={fold} does not exist: data.folds={cfg.data.folds} has folds 0..{last}")
+    return [run for run in runs if run.fold == fold]
+
+
+def _select_variant(runs: list[RunSpec], model: str, variant: str | None) -> list[RunSpec]:
+    """train.variant: the run at that index of the model file, or of that variant name or run name."""
+    if variant is None:
+        return runs
+    for i, run in enumerate(runs):
+        if variant in (str(i), run.name, run.name.removeprefix(f"{model}_")):
+            return [run]
+    choices = ", ".join(f"{i}: {run.name.removeprefix(f'{model}_')}" for i, run in enumerate(runs))
+    raise PipelineError(f"model {model} has no variant {variant!r}: set train.variant to one of {choices}")
 
 
 def _per_fold(runs: list[RunSpec], data: Any) -> list[RunSpec]:

@@ -1,0 +1,102 @@
+"""hydra/launcher=slurm: one SLURM job per job of a multirun, through submitit.
+
+hydra-submitit-launcher's SlurmLauncher runs each job inside SLURM and, on the time-out signal
+(USR2, `signal_delay_s` before the limit) or a preemption, resubmits it through its checkpoint()
+while `max_num_timeout` allows; the requeued job resumes from the run's epoch checkpoint and skips
+the runs already saved. It submits the sweep as one job array under one name; this launcher submits
+each job on its own, named after its run, so that squeue and sacct say which run is where, and turns
+a job that ended without a result into a failed job record instead of an exception that would stop
+the sweep's report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pipeline.errors import PipelineError, one_line
+from pipeline.launchers.report import record_lost_job
+
+log = logging.getLogger(__name__)
+
+
+def job_name(cfg: Any) -> str:
+    """The run's name when the job trains one run, else the model's (with its fold, if one is chosen)."""
+    from pipeline.training.specs import resolve_runs
+
+    try:
+        runs = resolve_runs(cfg)
+    except PipelineError:
+        runs = []
+    if len(runs) == 1:
+        return runs[0].name
+    model = cfg.get("model")
+    name = model.name if model else "train"
+    return name if cfg.train.get("fold") is None else f"{name}_fold{cfg.train.fold}"
+
+
+class Slurm(Launcher):
+    def __init__(self, name: str | None = None, **params: Any) -> None:
+        self.name = name
+        self.params = params
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        try:
+            import submitit
+            from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+            from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+        except ImportError:
+            raise PipelineError(
+                "hydra/launcher=slurm needs submitit and hydra-submitit-launcher: pip install -e .[cluster]"
+            ) from None
+        from hydra.core.singleton import Singleton
+
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        # Hydra's launcher is what each SLURM job runs: its __call__ runs the Hydra job, its checkpoint()
+        # is what submitit calls to requeue it.
+        job_fn = SlurmLauncher(**self.params)
+        job_fn.setup(hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
+        params = dict(job_fn.params)
+        executor = submitit.AutoExecutor(
+            folder=params.pop("submitit_folder"), cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
+        )
+        generic = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in params.items()})
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        jobs = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.num = idx
+            name = self.name or job_name(sweep_config)
+            executor.update_parameters(name=name)
+            job = executor.submit(
+                job_fn, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()
+            )
+            log.info("\t#%d : %s -> SLURM job %s (%s)", idx, " ".join(filter_overrides(overrides)), job.job_id, name)
+            jobs.append((job, list(overrides), sweep_config))
+        returns = []
+        for job, overrides, sweep_config in jobs:
+            try:
+                returns.append(job.results()[0])
+            except Exception as e:  # submitit's UncompletedJobError and kin: the job left no result
+                ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
+                error = f"SLURM job {job.job_id} ended without a result ({one_line(e)}): see {job.paths.stdout}"
+                ret.return_value = record_lost_job(sweep_config, error)
+                returns.append(ret)
+        return returns
