@@ -62,7 +62,7 @@ def read_aux_targets(comp: Competition, weights: dict[str, float]) -> list[AuxTa
     targets = []
     for name, weight in weights.items():
         column = rows[name].str.strip()
-        if (blank := column[column == ""]).any():
+        if len(blank := column[column == ""]):
             raise PipelineError(f"{path}: {len(blank)} training image(s) have no {name} (e.g. {blank.index[0]})")
         vocab = sorted(set(column))
         if len(vocab) < 2:
