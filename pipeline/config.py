@@ -101,6 +101,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int | None = None
     lr: float | str | None = None  # a number, or "find" (fastai's lr_find)
+    lr_find_steps: int = 100
     accum: int | None = None
     device: Device = Device.auto
     force: bool = False

@@ -48,19 +48,15 @@ class FailOnceCheckpointed(Callback):
             raise RuntimeError("interrupted by the test")
 
 
-class CountBatches(Callback):
-    """Appends a line to `path` for every training batch, and once per fit the optimizer's step functions."""
+class LogBatches(Callback):
+    """Appends a line to `path` for every training batch: the head's learning rate."""
+
+    order = 70  # after the ParamScheduler (60) has set the batch's learning rate
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
-    def before_fit(self) -> None:
-        opt = getattr(self.learn.opt, "opt", self.learn.opt)  # ranger: Lookahead around RAdam
-        steps = [getattr(f, "func", f).__name__ for f in opt.cbs]  # Adam's average_grad is a partial
-        with self.path.open("a") as f:
-            f.write(f"fit {type(self.learn.opt).__name__} {' '.join(steps)}\n")
-
-    def after_batch(self) -> None:
+    def before_batch(self) -> None:
         if self.training:
             with self.path.open("a") as f:
-                f.write("batch\n")
+                f.write(f"{float(self.opt.hypers[-1]['lr'])!r}\n")

@@ -64,6 +64,7 @@ def test_the_reference_recipe_keeps_todays_names():
         (["train.mixup=mixup", "train.mixup_alpha=0.2", "train.ema=true"], "_mixup0.2_ema"),
         (["train.ema=true", "train.ema_decay=0.999", "train.ema_warmup=false"], "_ema0.999-nowarmup"),
         (["train.lr=find", "train.seed=3"], "_lrfind_seed3"),
+        (["train.lr=find", "train.lr_find_steps=20"], "_lrfind20"),
         (["data.aux_targets=[variety,age]", "+data.aux_weights.age=0.5"], "_aux-variety_aux-age0.5"),
         (["schedule=one_cycle", "schedule.lr_mult=100"], "_one_cycle-lr_mult100"),
     ],

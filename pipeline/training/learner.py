@@ -155,10 +155,11 @@ def fit_flat_cos(
     learn.fit(epochs, cbs=scheduler, start_epoch=start_epoch)
 
 
-def find_lr(learn: Learner) -> float:
-    """fastai's lr_find on the run's own data and model, its "valley" suggestion. lr_find restores the
-    weights after; its temporary copy goes to a temporary folder, not ./models. The NaN stop and the weight
-    average sit it out: lr_find raises the lr until the loss diverges, and must not be averaged."""
+def find_lr(learn: Learner, steps: int) -> float:
+    """fastai's lr_find (`steps` mock-training steps) on the run's own data and model, its "valley"
+    suggestion. lr_find restores the weights after; its temporary copy goes to a temporary folder, not
+    ./models. The NaN stop and the weight average sit it out: lr_find raises the lr until the loss
+    diverges, and must not be averaged."""
     import tempfile
     from pathlib import Path
 
@@ -171,7 +172,11 @@ def find_lr(learn: Learner) -> float:
     with tempfile.TemporaryDirectory() as tmp, learn.removed_cbs(out):
         learn.model_dir = Path(tmp).resolve()
         try:
-            suggestion = learn.lr_find(show_plot=False)
+            suggestion = learn.lr_find(num_it=steps, show_plot=False)
+        except IndexError:  # fastai's valley() on too few recorded steps
+            raise PipelineError(
+                f"lr_find recorded too few steps to suggest an lr: raise train.lr_find_steps ({steps}) or set train.lr"
+            ) from None
         finally:
             learn.model_dir = model_dir
     return float(suggestion.valley)

@@ -58,6 +58,7 @@ class Recipe:
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     lr_find: bool = False
+    lr_find_steps: int = 100
     seed: int | None = None
     aux_targets: dict[str, float] = field(default_factory=dict)  # train.csv column -> loss weight, in order
 
@@ -78,6 +79,7 @@ def recipe_from_config(cfg: Any) -> Recipe:
         ema_decay=train.ema_decay,
         ema_warmup=train.ema_warmup,
         lr_find=lr == "find",
+        lr_find_steps=train.lr_find_steps,
         seed=train.seed,
         aux_targets=aux_weights(list(data.aux_targets), dict(data.aux_weights)),
     )
@@ -125,7 +127,7 @@ def recipe_tag(recipe: Recipe) -> str:
         decay = "" if recipe.ema_decay == reference.ema_decay else _num(recipe.ema_decay)
         parts.append(f"ema{decay}" + ("" if recipe.ema_warmup else "-nowarmup"))
     if recipe.lr_find:
-        parts.append("lrfind")
+        parts.append("lrfind" + ("" if recipe.lr_find_steps == reference.lr_find_steps else str(recipe.lr_find_steps)))
     if recipe.seed is not None:
         parts.append(f"seed{recipe.seed}")
     parts += [f"aux-{name}" + ("" if w == 1 else _num(w)) for name, w in recipe.aux_targets.items()]

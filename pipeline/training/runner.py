@@ -85,7 +85,8 @@ def train_run(
         try:
             lr_found = None
             if run.recipe.lr_find:  # a resumed run keeps the lr it found
-                lr_found = float(ckpt.remember("lr_found", partial(find_lr, learn)) if ckpt else find_lr(learn))
+                find = partial(find_lr, learn, run.recipe.lr_find_steps)
+                lr_found = float(ckpt.remember("lr_found", find) if ckpt else find())
                 log.info("run %s: lr_find suggests lr %.3g", run.name, lr_found)
                 run = replace(run, lr=lr_found)
             if ckpt:  # after lr_find, whose own fit must not count as one of the run's
