@@ -100,7 +100,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int | None = None
-    lr: float | str | None = None  # a number, or "find" (fastai's lr_find)
+    lr: float | int | str | None = None  # a number, or "find" (fastai's lr_find)
     lr_find_steps: int = 100
     accum: int | None = None
     device: Device = Device.auto

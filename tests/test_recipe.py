@@ -117,6 +117,7 @@ def test_the_recipe_is_part_of_the_run_identity():
 def test_train_lr_is_a_number_or_find():
     assert run("train.lr=find").recipe.lr_find and run("train.lr=find").lr == 0.01  # the model's until found
     assert run("train.lr=0.002").lr == 0.002 and not run("train.lr=0.002").recipe.lr_find
+    assert run("train.lr=1").lr == 1
     with pytest.raises(PipelineError, match="train.lr must be a number or find, got 'fast'"):
         run("train.lr=fast")
 

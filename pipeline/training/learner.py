@@ -71,7 +71,7 @@ def build_learner(
 
     recipe = run.recipe
     if aux:
-        sizes = target_sizes(len(dls.vocab[0]), aux)
+        sizes = target_sizes(len(dls.vocab[0]), aux)  # dls.vocab: one vocab per target, the label's first
         loss_func = MultiTargetLoss(sizes, [1.0, *(t.weight for t in aux)], lambda: base_loss(recipe))
         metrics = error_rates(["label", *(t.name for t in aux)], sizes)
     else:
@@ -116,7 +116,6 @@ def fit(learn: Learner, run: RunSpec, start_epoch: int = 0) -> None:
     """Train with the run's schedule (conf/schedule/), each a fastai fit method. `start_epoch` resumes
     the final fit (final_fit) after that many epochs. fine_tune without pretrained weights: one-cycle."""
     s = run.recipe.schedule
-    lr = slice(run.lr / s.get("lr_mult", 1.0), run.lr)
     if fine_tunes(run):
         learn.fine_tune(
             run.epochs,
@@ -130,11 +129,14 @@ def fit(learn: Learner, run: RunSpec, start_epoch: int = 0) -> None:
     elif s["name"] == "fine_tune":
         learn.fit_one_cycle(run.epochs, run.lr, start_epoch=start_epoch)
     elif s["name"] == "one_cycle":
+        lr = slice(run.lr / s["lr_mult"], run.lr)  # body, head
         learn.fit_one_cycle(
             run.epochs, lr, div=s["div"], div_final=s["div_final"], pct_start=s["pct_start"], start_epoch=start_epoch
         )
     elif s["name"] == "flat_cos":
-        fit_flat_cos(learn, run.epochs, lr, s["pct_start"], s["div_final"], start_epoch)
+        fit_flat_cos(
+            learn, run.epochs, slice(run.lr / s["lr_mult"], run.lr), s["pct_start"], s["div_final"], start_epoch
+        )
     else:
         raise PipelineError(f"unknown schedule {s['name']!r}: choose fine_tune, one_cycle or flat_cos (conf/schedule/)")
 

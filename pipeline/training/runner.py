@@ -292,6 +292,7 @@ def attempt(
 
 
 def aux_errors(preds: Predictions) -> dict[str, float]:
+    """The run's extra targets' validation error rates, by target."""
     return {name: preds.metrics[f"valid_error_{name}"] for name in preds.aux_targets}
 
 
