@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -49,6 +49,12 @@ class Switch(StrEnum):
     off = "off"
 
 
+class Mix(StrEnum):
+    none = "none"
+    mixup = "mixup"
+    cutmix = "cutmix"
+
+
 @dataclass
 class PathsConfig:
     outputs: str = "outputs"
@@ -71,6 +77,8 @@ class DataConfig:
     seed: int | None = 42
     num_workers: int | None = None
     test_labels: str | None = None
+    aux_targets: list[str] = field(default_factory=list)
+    aux_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,7 +111,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int | None = None
-    lr: float | None = None
+    lr: float | int | str | None = None  # a number, or "find" (fastai's lr_find)
+    lr_find_steps: int = 100
     accum: int | None = None
     device: Device = Device.auto
     force: bool = False
@@ -112,6 +121,152 @@ class TrainConfig:
     callbacks: list[Any] = field(default_factory=list)
     variant: str | None = None
     fold: int | None = None
+    seed: int | None = None
+    mixup: Mix = Mix.none
+    mixup_alpha: float | None = None
+    ema: bool = False
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+
+
+# --- The training recipe's groups: conf/optimizer/, conf/schedule/, conf/loss/ ---
+# Each option has its own dataclass, so a hyper-parameter the option does not take fails at composition.
+# Its defaults are the option's reference values (fastai's own, but SGD's momentum); a run's name tags
+# what differs from them (pipeline/training/recipe.py: recipe_tag).
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    wd: float = 0.0
+    decouple_wd: bool = True
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    name: str = "adam"
+    mom: float = 0.9
+    sqr_mom: float = 0.99
+    eps: float = 1e-5
+    wd: float = 0.01
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: str = "sgd"
+    mom: float = 0.9
+
+
+@dataclass
+class RMSPropConfig(OptimizerConfig):
+    name: str = "rmsprop"
+    mom: float = 0.0
+    sqr_mom: float = 0.99
+    eps: float = 1e-8
+
+
+@dataclass
+class RAdamConfig(OptimizerConfig):
+    name: str = "radam"
+    mom: float = 0.9
+    sqr_mom: float = 0.99
+    eps: float = 1e-5
+    beta: float = 0.0
+
+
+@dataclass
+class QHAdamConfig(OptimizerConfig):
+    name: str = "qhadam"
+    mom: float = 0.999
+    sqr_mom: float = 0.999
+    nu_1: float = 0.7
+    nu_2: float = 1.0
+    eps: float = 1e-8
+
+
+@dataclass
+class LambConfig(OptimizerConfig):
+    name: str = "lamb"
+    mom: float = 0.9
+    sqr_mom: float = 0.99
+    eps: float = 1e-5
+
+
+@dataclass
+class RangerConfig(OptimizerConfig):
+    name: str = "ranger"
+    mom: float = 0.95
+    sqr_mom: float = 0.99
+    eps: float = 1e-6
+    beta: float = 0.0
+    k: int = 6
+    alpha: float = 0.5
+    wd: float = 0.01
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = MISSING
+
+
+@dataclass
+class FineTuneConfig(ScheduleConfig):
+    name: str = "fine_tune"
+    freeze_epochs: int = 1
+    lr_mult: float = 100.0
+    pct_start: float = 0.3
+    div: float = 5.0
+
+
+@dataclass
+class OneCycleConfig(ScheduleConfig):
+    name: str = "one_cycle"
+    lr_mult: float = 1.0
+    pct_start: float = 0.25
+    div: float = 25.0
+    div_final: float = 1e5
+
+
+@dataclass
+class FlatCosConfig(ScheduleConfig):
+    name: str = "flat_cos"
+    lr_mult: float = 1.0
+    pct_start: float = 0.75
+    div_final: float = 1e5
+
+
+@dataclass
+class LossConfig:
+    name: str = MISSING
+
+
+@dataclass
+class CrossEntropyConfig(LossConfig):
+    name: str = "cross_entropy"
+
+
+@dataclass
+class LabelSmoothingConfig(LossConfig):
+    name: str = "label_smoothing"
+    eps: float = 0.1
+
+
+RECIPE_OPTIONS: dict[str, dict[str, type]] = {
+    "optimizer": {
+        c.name: c for c in (AdamConfig, SGDConfig, RMSPropConfig, RAdamConfig, QHAdamConfig, LambConfig, RangerConfig)
+    },
+    "schedule": {c.name: c for c in (FineTuneConfig, OneCycleConfig, FlatCosConfig)},
+    "loss": {c.name: c for c in (CrossEntropyConfig, LabelSmoothingConfig)},
+}
+REFERENCE_RECIPE = {"optimizer": "adam", "schedule": "fine_tune", "loss": "cross_entropy"}  # config.yaml's defaults
+
+
+def changed_params(group: str, chosen: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters of a recipe group's chosen option (e.g. {"name": "adam", "wd": 0.1, ...})
+    that differ from the option's defaults; all of them for an option this version does not know."""
+    option = RECIPE_OPTIONS[group].get(chosen["name"])
+    reference = asdict(option()) if option else {}
+    return {k: v for k, v in chosen.items() if k != "name" and (k not in reference or reference[k] != v)}
 
 
 @dataclass
@@ -149,6 +304,9 @@ class AppConfig:
 class TrainAppConfig(AppConfig):
     model: ModelConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = MISSING
+    schedule: ScheduleConfig = MISSING
+    loss: LossConfig = MISSING
     tta: TTAConfig = field(default_factory=TTAConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
@@ -316,6 +474,8 @@ def check_ranges(cfg: Any) -> None:
     the key as typed on the command line, its value and what is allowed."""
     for pattern, allowed in RANGES.items():
         for key, value in _values(cfg, pattern.split("."), ""):
+            if isinstance(value, str):  # a word where the schema allows one (train.lr=find), checked where used
+                continue
             if value not in allowed:
                 raise PipelineError(f"{key} must be {allowed}, got {value}")
 
@@ -330,6 +490,9 @@ def register_configs() -> None:
     cs.store(name="bench_schema", node=BenchAppConfig)
     cs.store(name="blend_schema", node=BlendAppConfig)
     cs.store(name="prepare_demo_schema", node=PrepareDemoAppConfig)
+    for group, options in RECIPE_OPTIONS.items():  # conf/<group>/<option>.yaml names <option>_schema
+        for name, node in options.items():
+            cs.store(group=group, name=f"{name}_schema", node=node)
     register_kaggle_configs(cs)
 
 

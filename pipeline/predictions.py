@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pipeline.config import REFERENCE_RECIPE, changed_params
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
 
@@ -47,6 +48,10 @@ class Predictions:
     run_hash: str = ""  # identity of the run's inputs (pipeline.training.provenance.run_hash)
     # versions, git commit, device, split seed, data_fingerprint (pipeline.data.competition.Competition.fingerprint)
     environment: dict[str, Any] = field(default_factory=dict)
+    # extra targets (data.aux_targets), by train.csv column: vocab, weight, valid_probs (n_valid, classes;
+    # one plain pass) and valid_targets; their error rates are metrics["valid_error_<column>"]
+    aux_targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lr_found: float | None = None  # train.lr=find: lr_find's suggestion, the lr the run trained at
     path: Path | None = None  # where it was loaded from; not stored
 
     def check(self, where: str, fix: str) -> None:
@@ -73,6 +78,12 @@ class Predictions:
                     problems.append(f"{name} rows do not sum to 1 (one sums to {worst:.4g})")
         if tuple(self.valid_targets.shape) != (len(self.valid_ids),):
             problems.append("valid_targets does not match valid_ids")
+        for name, aux in self.aux_targets.items():
+            expected = (len(self.valid_ids), len(aux["vocab"]))
+            if aux["valid_probs"].dtype != torch.float32 or tuple(aux["valid_probs"].shape) != expected:
+                problems.append(f"aux target {name}'s valid_probs are not float32 of shape {expected}")
+            if tuple(aux["valid_targets"].shape) != expected[:1]:
+                problems.append(f"aux target {name}'s valid_targets do not match valid_ids")
         if len(set(self.test_ids)) != len(self.test_ids):
             problems.append("test_ids repeat")
         if len(set(self.valid_ids)) != len(self.valid_ids):
@@ -83,6 +94,40 @@ class Predictions:
     @property
     def valid_accuracy(self) -> float:
         return float((self.valid_probs.argmax(1) == self.valid_targets).float().mean())
+
+
+def recipe_columns(run_spec: dict[str, Any]) -> dict[str, str]:
+    """The training recipe a prediction file's run_spec records, as short table columns (the training
+    table, the blend report). Files from before recipes were recorded trained the reference recipe."""
+    recipe = run_spec.get("recipe")
+    if not recipe:
+        return {
+            "optimizer": REFERENCE_RECIPE["optimizer"],
+            "schedule": REFERENCE_RECIPE["schedule"],
+            "loss": REFERENCE_RECIPE["loss"],
+            "extras": "-",
+        }
+
+    def option(group: str) -> str:
+        changed = changed_params(group, recipe[group])
+        return " ".join([recipe[group]["name"], *(f"{k}={v}" for k, v in changed.items())])
+
+    extras = []
+    if recipe["mixup"] != "none":
+        extras.append(recipe["mixup"] + ("" if recipe["mixup_alpha"] is None else f" {recipe['mixup_alpha']}"))
+    if recipe["ema"]:
+        extras.append(f"ema {recipe['ema_decay']}")
+    if recipe["lr_find"]:
+        extras.append("lr find")
+    if recipe["seed"] is not None:
+        extras.append(f"seed {recipe['seed']}")
+    extras += [f"+{name}" + ("" if w == 1 else f" x{w}") for name, w in recipe["aux_targets"].items()]
+    return {
+        "optimizer": option("optimizer"),
+        "schedule": option("schedule"),
+        "loss": option("loss"),
+        "extras": ", ".join(extras) or "-",
+    }
 
 
 def save(preds: Predictions, path: str | Path) -> Path:

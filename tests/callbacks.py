@@ -1,5 +1,6 @@
 """fastai callbacks that tests inject through train.callbacks, to make real runs fail in known ways."""
 
+import glob
 from pathlib import Path
 
 import torch
@@ -30,3 +31,32 @@ class SlowBatches(Callback):
 
         if self.training:
             time.sleep(self.seconds)
+
+
+class FailOnceCheckpointed(Callback):
+    """Fails the run at the end of the first epoch whose checkpoint is saved (a file matching `pattern`
+    exists), once (`flag` marks that it fired): an interruption the same command then resumes from."""
+
+    order = 70  # after the checkpoint callback (60) has saved the epoch
+
+    def __init__(self, pattern: str, flag: str) -> None:
+        self.pattern, self.flag = pattern, Path(flag)
+
+    def after_epoch(self) -> None:
+        if not self.flag.exists() and glob.glob(self.pattern):
+            self.flag.touch()
+            raise RuntimeError("interrupted by the test")
+
+
+class LogBatches(Callback):
+    """Appends a line to `path` for every training batch: the head's learning rate."""
+
+    order = 70  # after the ParamScheduler (60) has set the batch's learning rate
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def before_batch(self) -> None:
+        if self.training:
+            with self.path.open("a") as f:
+                f.write(f"{float(self.opt.hypers[-1]['lr'])!r}\n")

@@ -165,7 +165,7 @@ BAD_VALUES = [  # (root config, overrides, the one-line error)
     ),
     ("config", ["+model=swin_large", "model.variants.0.size=[224,-1]"], "model.variants.0.size.1 must be >= 1, got -1"),
     ("config", ["train.epochs=0"], "train.epochs must be >= 1, got 0"),
-    ("config", ["train.lr=0"], "train.lr must be > 0, got 0.0"),
+    ("config", ["train.lr=0"], "train.lr must be > 0, got 0"),
     ("config", ["train.accum=0"], "train.accum must be >= 1, got 0"),
     ("config", ["train.oom_retries=-1"], "train.oom_retries must be >= 0, got -1"),
     ("config", ["data.valid_pct=0"], "data.valid_pct must be in (0, 1), got 0.0"),

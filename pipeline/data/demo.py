@@ -30,6 +30,19 @@ LABELS = [
     "bag",
     "ankle_boot",
 ]
+# A coarse grouping of the classes: train.csv's second target, as Paddy's variety (data.aux_targets=[group]).
+GROUPS = {
+    "t-shirt_top": "top",
+    "pullover": "top",
+    "coat": "top",
+    "shirt": "top",
+    "trouser": "bottom",
+    "dress": "dress",
+    "sandal": "footwear",
+    "sneaker": "footwear",
+    "ankle_boot": "footwear",
+    "bag": "bag",
+}
 SOURCE_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -67,10 +80,17 @@ def build_demo(source: str | Path, dest: str | Path, *, train_per_class: int, te
     """Write the competition layout to `dest` (atomically, as a whole folder); a no-op when `dest`
     already holds a demo built with the same settings.
 
-    train_images/<label>/<id>.jpg, test_images/<id>.jpg, train.csv, sample_submission.csv (rows
-    shuffled, so nothing may rely on sorted order) and test_labels.csv (the truth, kept aside)."""
+    train_images/<label>/<id>.jpg, test_images/<id>.jpg, train.csv (image_id, label, group: GROUPS),
+    sample_submission.csv (rows shuffled, so nothing may rely on sorted order) and test_labels.csv (the
+    truth, kept aside)."""
     source, dest = Path(source), Path(dest)
-    settings = {"train_per_class": train_per_class, "test_per_class": test_per_class, "seed": seed}
+    # train_csv: its columns, so a demo built before the group column existed is rebuilt
+    settings = {
+        "train_per_class": train_per_class,
+        "test_per_class": test_per_class,
+        "seed": seed,
+        "train_csv": ["image_id", "label", "group"],
+    }
     marker = dest / "demo.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings:
         return dest
@@ -84,8 +104,8 @@ def build_demo(source: str | Path, dest: str | Path, *, train_per_class: int, te
             image_id, label = f"{100001 + n}.jpg", LABELS[labels[i]]
             (tmp / "train_images" / label).mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[i]).save(tmp / "train_images" / label / image_id, quality=95)
-            train_rows.append((image_id, label))
-        pd.DataFrame(train_rows, columns=["image_id", "label"]).to_csv(tmp / "train.csv", index=False)
+            train_rows.append((image_id, label, GROUPS[label]))
+        pd.DataFrame(train_rows, columns=settings["train_csv"]).to_csv(tmp / "train.csv", index=False)
 
         images, labels = load_split(source, "test")
         (tmp / "test_images").mkdir()

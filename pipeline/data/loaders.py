@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from fasttransform import Transform
 
     from pipeline.data.competition import Competition
+    from pipeline.data.train_csv import AuxTarget
     from pipeline.training.specs import RunSpec
 
 
@@ -29,11 +30,13 @@ def make_dataloaders(
     num_workers: int | None,
     device: str,
     perf: Any,
+    aux: Sequence[AuxTarget] = (),
 ) -> DataLoaders:
     """fastai DataLoaders over the training images, `valid_idx` (see pipeline.data.splits) held out.
 
     Batches hold the run's micro-batch; GradientAccumulation makes `run.batch_size` one step.
-    `perf`: the perf config group; with every switch off this is plain fastai."""
+    `perf`: the perf config group; with every switch off this is plain fastai. `aux`: extra targets
+    (pipeline.data.train_csv), each one more category block after the label's."""
     from fastai.vision.all import CategoryBlock, DataBlock, IndexSplitter, parent_label
 
     from pipeline.data.transforms import item_tfms
@@ -44,9 +47,14 @@ def make_dataloaders(
             f"{n_train} training images are fewer than one batch of {run.batch_size}: lower model.batch_size"
         )
     block = DataBlock(
-        blocks=(image_block(comp, run, perf), CategoryBlock(vocab=comp.vocab)),
+        blocks=(
+            image_block(comp, run, perf),
+            CategoryBlock(vocab=comp.vocab),
+            *(CategoryBlock(vocab=t.vocab) for t in aux),
+        ),
         splitter=IndexSplitter(valid_idx),
-        get_y=parent_label,
+        get_y=[parent_label, *aux] if aux else parent_label,
+        n_inp=1,
         item_tfms=item_tfms(run),
         batch_tfms=augmentations(run, perf),
     )

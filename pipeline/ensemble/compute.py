@@ -23,7 +23,7 @@ from pipeline.data.submission_csv import accuracy_against, read_sample_submissio
 from pipeline.ensemble.arithmetic import as_probs, blend_probs, leave_one_out_accuracy
 from pipeline.ensemble.members import Member, ValidationSet, assemble_members, shared_validation, validation_mismatch
 from pipeline.errors import PipelineError
-from pipeline.predictions import Predictions, load
+from pipeline.predictions import Predictions, load, recipe_columns
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +220,10 @@ def run_rows(
     mean: str,
     n_classes: int,
 ) -> list[dict[str, Any]]:
-    """Per member: its weight under each weighting, validation accuracy and log loss with and without
-    TTA (on its own validation images; out-of-fold for a kfold variant), and what the chosen blend
-    loses without it (where the members share validation images)."""
+    """Per member: its training recipe, its weight under each weighting, validation accuracy and log loss
+    with and without TTA (on its own validation images; out-of-fold for a kfold variant), its extra
+    targets' validation error (mean over folds), and what the chosen blend loses without it (where the
+    members share validation images)."""
     chosen = weighted[weighting]
     without = (
         leave_one_out_accuracy(valid.stack, chosen.weights, valid.targets, mean)
@@ -239,16 +240,25 @@ def run_rows(
             {
                 "run": m.name,
                 "split": m.split + (f" x{len(m.runs)}" if len(m.runs) > 1 else ""),
+                **recipe_columns(m.runs[0].run_spec),
                 **{f"w {name}": float(w.weights[i]) for name, w in weighted.items()},
                 "acc TTA": acc,
                 "log loss TTA": loss,
                 "acc no TTA": acc_plain,
                 "log loss no TTA": loss_plain,
+                "aux err": aux_errors(m.runs),
                 "blend acc without it": left_out,
                 "it adds": None if left_out is None else blend_acc - left_out,
             }
         )
     return rows
+
+
+def aux_errors(runs: list[Predictions]) -> str:
+    """The extra targets' validation error rates (pipeline.training.targets), averaged over a member's runs."""
+    names = runs[0].aux_targets
+    errors = {n: float(np.mean([r.metrics[f"valid_error_{n}"] for r in runs])) for n in names}
+    return ", ".join(f"{n} {e:.4f}" for n, e in errors.items()) or "-"
 
 
 def weighting_rows(

@@ -97,9 +97,12 @@ def report_html(result: BlendResult) -> tuple[str, bytes | None]:
         "labels, where known.</p>",
         "<h2>Runs</h2>",
         _html_table(result.run_rows),
-        "<p>w: weight under each weighting (summing to 1). acc / log loss: on the run's own validation images, "
-        "with and without test-time augmentation. blend acc without it: the written blend's validation accuracy "
-        "with the run left out (the others keep their weights); it adds: the blend's accuracy minus that.</p>",
+        "<p>optimizer, schedule, loss, extras: the run's training recipe (hyper-parameters shown where they "
+        "differ from the option's defaults; extras: MixUp/CutMix, weight averaging, lr find, seed, extra targets). "
+        "w: weight under each weighting (summing to 1). acc / log loss: on the run's own validation images, "
+        "with and without test-time augmentation. aux err: the extra targets' validation error. blend acc without "
+        "it: the written blend's validation accuracy with the run left out (the others keep their weights); it "
+        "adds: the blend's accuracy minus that.</p>",
     ]
     if valid is None:
         parts.append("<p>The runs were validated on different images: no blend figures on validation images.</p>")

@@ -24,9 +24,11 @@ if TYPE_CHECKING:
 
 def tta(learn: Learner, dl: TfmdDL, n: int, beta: float, fast: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Learner.tta(dl=dl, n=n, beta=beta), with each image loaded once when `fast`; the targets are None
-    for a test set, as with fastai."""
+    for a test set, as with fastai. With extra targets (pipeline.training.targets) the probabilities are
+    the loss's activation, the main target's, and so are the targets returned."""
     if not fast:
-        return learn.tta(dl=dl, n=n, beta=beta)
+        preds, targs = learn.tta(dl=dl, n=n, beta=beta)
+        return preds, main_target(targs)
     import torch
     from fastai.vision.augment import RandTransform
     from fasttransform import Pipeline, Transform
@@ -48,6 +50,7 @@ def tta(learn: Learner, dl: TfmdDL, n: int, beta: float, fast: bool) -> tuple[to
 
     view_dl = dl.new(shuffle=False, drop_last=False, after_batch=Views())
     preds, targs = learn.get_preds(dl=view_dl, reorder=False)
+    targs = main_target(targs)
     sizes = [min(dl.bs, dl.n - start) for start in range(0, dl.n, dl.bs)]
     chunks = preds.split([s * (n + 1) for s in sizes])
     views = [p.view(n + 1, s, -1) for p, s in zip(chunks, sizes, strict=True)]
@@ -56,3 +59,8 @@ def tta(learn: Learner, dl: TfmdDL, n: int, beta: float, fast: bool) -> tuple[to
         return torch.cat(out), None
     plain_targs = [t[n * s :] for t, s in zip(targs.split([s * (n + 1) for s in sizes]), sizes, strict=True)]
     return torch.cat(out), torch.cat(plain_targs)
+
+
+def main_target(targs: torch.Tensor | tuple | None) -> torch.Tensor | None:
+    """get_preds' targets: a tensor, or one per target when the data has extra targets; the first is the label."""
+    return targs[0] if isinstance(targs, (tuple, list)) else targs

@@ -1,4 +1,5 @@
-"""Build a fastai Learner for a run and fit it: timm body, gradient accumulation, fp16 on CUDA only."""
+"""Build a fastai Learner for a run and fit it: timm body, gradient accumulation, fp16 on CUDA only,
+and the run's recipe (pipeline.training.recipe): optimizer, loss, targets, callbacks and schedule."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from fastai.learner import Learner
 
     from pipeline.data.competition import Competition
+    from pipeline.data.train_csv import AuxTarget
 
 
 class NonFiniteLoss(RuntimeError):
@@ -51,20 +53,43 @@ def build_learner(
     timm_kwargs: dict[str, Any],
     cbs: list[Callback],
     channels_last: bool = False,
+    aux: Sequence[AuxTarget] = (),
 ) -> Learner:
     """vision_learner on the timm architecture; GradientAccumulation counts samples, so the optimizer
     steps once per `run.batch_size` images whatever the micro-batch is. `channels_last`: fastai's
-    ChannelsLast callback, without the fp16 it adds by default (use_channels_last decides per device)."""
+    ChannelsLast callback, without the fp16 it adds by default (use_channels_last decides per device).
+    The recipe's optimizer is the opt_func, its loss the loss_func (summed over the targets when the
+    data has extra targets `aux`, pipeline.training.targets), its MixUp/CutMix and weight average callbacks.
+    Schedules other than fine_tune train every layer from the start: the body is unfrozen here."""
     from fastai.callback.training import GradientAccumulation
     from fastai.metrics import error_rate
     from fastai.vision.learner import vision_learner
 
+    from pipeline.data.train_csv import target_sizes
+    from pipeline.training.recipe import base_loss, optimizer_function, recipe_callbacks
+    from pipeline.training.targets import MultiTargetLoss, error_rates
+
+    recipe = run.recipe
+    if aux:
+        sizes = target_sizes(len(dls.vocab[0]), aux)  # dls.vocab: one vocab per target, the label's first
+        loss_func = MultiTargetLoss(sizes, [1.0, *(t.weight for t in aux)], lambda: base_loss(recipe))
+        metrics = error_rates(["label", *(t.name for t in aux)], sizes)
+    else:
+        sizes, loss_func, metrics = None, base_loss(recipe), error_rate
+    callbacks = [
+        GradientAccumulation(run.batch_size),
+        stop_on_nonfinite_loss(),
+        *recipe_callbacks(recipe, 1 + len(aux)),
+    ]
     learn = vision_learner(
         dls,
         run.arch,
         pretrained=run.pretrained,
-        metrics=error_rate,
-        cbs=[GradientAccumulation(run.batch_size), stop_on_nonfinite_loss(), *cbs],
+        n_out=sum(sizes) if sizes else None,
+        loss_func=loss_func,
+        opt_func=optimizer_function(recipe),
+        metrics=metrics,
+        cbs=[*callbacks, *cbs],
         **timm_kwargs,
     )
     body = learn.model[0]
@@ -76,6 +101,8 @@ def build_learner(
         from torchvision.ops import Permute
 
         learn.model[0] = nn.Sequential(body, Permute([0, 3, 1, 2]))
+    if not fine_tunes(run):
+        learn.unfreeze()
     if channels_last:
         from fastai.callback.channelslast import ChannelsLast
 
@@ -84,13 +111,86 @@ def build_learner(
     return learn.to_fp16() if device == "cuda" else learn
 
 
+def fine_tunes(run: RunSpec) -> bool:
+    """Whether the run trains with fine_tune: its schedule, on pretrained weights."""
+    return run.recipe.schedule["name"] == "fine_tune" and run.pretrained
+
+
+def final_fit(run: RunSpec) -> int:
+    """Which of the run's fits (0-based) trains its `run.epochs`: fine_tune's unfrozen stage is its second."""
+    return 1 if fine_tunes(run) else 0
+
+
 def fit(learn: Learner, run: RunSpec, start_epoch: int = 0) -> None:
-    """fine_tune from pretrained weights (as the reference recipe); a one-cycle fit from scratch.
-    `start_epoch` resumes the last fit (fine_tune's unfrozen stage) after that many epochs."""
-    if run.pretrained:
-        learn.fine_tune(run.epochs, run.lr, start_epoch=start_epoch)
-    else:
+    """Train with the run's schedule (conf/schedule/), each a fastai fit method. `start_epoch` resumes
+    the final fit (final_fit) after that many epochs. fine_tune without pretrained weights: one-cycle."""
+    s = run.recipe.schedule
+    if fine_tunes(run):
+        learn.fine_tune(
+            run.epochs,
+            run.lr,
+            freeze_epochs=s["freeze_epochs"],
+            lr_mult=s["lr_mult"],
+            pct_start=s["pct_start"],
+            div=s["div"],
+            start_epoch=start_epoch,
+        )
+    elif s["name"] == "fine_tune":
         learn.fit_one_cycle(run.epochs, run.lr, start_epoch=start_epoch)
+    elif s["name"] == "one_cycle":
+        lr = slice(run.lr / s["lr_mult"], run.lr)  # body, head
+        learn.fit_one_cycle(
+            run.epochs, lr, div=s["div"], div_final=s["div_final"], pct_start=s["pct_start"], start_epoch=start_epoch
+        )
+    elif s["name"] == "flat_cos":
+        fit_flat_cos(
+            learn, run.epochs, slice(run.lr / s["lr_mult"], run.lr), s["pct_start"], s["div_final"], start_epoch
+        )
+    else:
+        raise PipelineError(f"unknown schedule {s['name']!r}: choose fine_tune, one_cycle or flat_cos (conf/schedule/)")
+
+
+def fit_flat_cos(
+    learn: Learner, epochs: int, lr: float | slice, pct_start: float, div_final: float, start_epoch: int
+) -> None:
+    """fastai's Learner.fit_flat_cos, which fits from epoch 0 whatever start_epoch it is given (fastai
+    2.8): the same ParamScheduler, with start_epoch passed on so that a resumed run skips its done epochs."""
+    import numpy as np
+    from fastai.callback.schedule import ParamScheduler, combined_cos
+
+    if learn.opt is None:
+        learn.create_opt()
+    learn.opt.set_hyper("lr", lr)
+    lrs = np.array([h["lr"] for h in learn.opt.hypers])
+    scheduler = ParamScheduler({"lr": combined_cos(pct_start, lrs, lrs, lrs / div_final)})
+    learn.fit(epochs, cbs=scheduler, start_epoch=start_epoch)
+
+
+def find_lr(learn: Learner, steps: int) -> float:
+    """fastai's lr_find (`steps` mock-training steps) on the run's own data and model, its "valley"
+    suggestion. lr_find restores the weights after; its temporary copy goes to a temporary folder, not
+    ./models. The NaN stop and the weight average sit it out: lr_find raises the lr until the loss
+    diverges, and must not be averaged."""
+    import tempfile
+    from pathlib import Path
+
+    from fastai.callback.tracker import TerminateOnNaNCallback
+
+    from pipeline.training.callbacks import WeightAverage
+
+    out = [cb for cb in learn.cbs if isinstance(cb, (TerminateOnNaNCallback, WeightAverage))]
+    model_dir = learn.model_dir
+    with tempfile.TemporaryDirectory() as tmp, learn.removed_cbs(out):
+        learn.model_dir = Path(tmp).resolve()
+        try:
+            suggestion = learn.lr_find(num_it=steps, show_plot=False)
+        except IndexError:  # fastai's valley() on too few recorded steps
+            raise PipelineError(
+                f"lr_find recorded too few steps to suggest an lr: raise train.lr_find_steps ({steps}) or set train.lr"
+            ) from None
+        finally:
+            learn.model_dir = model_dir
+    return float(suggestion.valley)
 
 
 def last_valid_error(learn: Learner) -> float:
@@ -122,8 +222,12 @@ def run_learner(
     all call it, so that each measures the same path: the image cache, fused augmentation and workers
     (cfg.perf, chosen in pipeline.data.loaders), channels-last on CPU and fp16 on CUDA."""
     from pipeline.data.loaders import make_dataloaders
+    from pipeline.data.train_csv import read_aux_targets
 
+    aux = read_aux_targets(comp, run.recipe.aux_targets)
     dls = make_dataloaders(
-        comp, run, valid_idx=valid_idx, num_workers=cfg.data.num_workers, device=device, perf=cfg.perf
+        comp, run, valid_idx=valid_idx, num_workers=cfg.data.num_workers, device=device, perf=cfg.perf, aux=aux
     )
-    return build_learner(dls, run, device, timm_kwargs, list(cbs), channels_last=use_channels_last(cfg.perf, device))
+    return build_learner(
+        dls, run, device, timm_kwargs, list(cbs), channels_last=use_channels_last(cfg.perf, device), aux=aux
+    )

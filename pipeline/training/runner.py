@@ -16,16 +16,18 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import check_ranges, to_container
 from pipeline.data.competition import Competition, scan_competition
 from pipeline.data.splits import Split, make_split
+from pipeline.data.train_csv import read_aux_targets
 from pipeline.errors import PipelineError, one_line
-from pipeline.predictions import Predictions, load, save
+from pipeline.predictions import Predictions, load, recipe_columns, save
 from pipeline.tables import format_table
 from pipeline.training.checkpoints import RunCheckpoint
 from pipeline.training.provenance import environment, run_hash
@@ -52,6 +54,7 @@ class RunResult:
     accum: int | None = None  # as trained: larger than configured after an out-of-memory retry
     minutes: float = 0.0
     error: str = ""
+    aux_errors: dict[str, float] = field(default_factory=dict)  # extra targets' validation error rates
 
     def summary(self) -> dict[str, Any]:
         """Plain data for a sweep's report: the run, what happened, its file or its error."""
@@ -78,45 +81,63 @@ def train_run(
 ) -> Predictions:
     """Fit one run (resuming from its checkpoint if any) and return its TTA predictions."""
     import torch
+    from fastcore.basics import noop
     from hydra.utils import instantiate
 
+    from pipeline.data.train_csv import target_sizes
     from pipeline.fast.tta import tta
-    from pipeline.training.learner import fit, last_valid_error, run_learner
+    from pipeline.training.learner import final_fit, find_lr, fit, last_valid_error, run_learner
+    from pipeline.training.recipe import seeded
+    from pipeline.training.targets import split_outputs
 
     split = run_split(
         cfg, comp, run, ckpt.split_seed(cfg.data.seed) if ckpt else cfg.data.seed
     )  # a resumed run keeps its split
     cbs = [instantiate(c) for c in cfg.train.callbacks]
     start_epoch = 0
-    if ckpt:
-        cbs.append(ckpt.callback(final_fit=1 if run.pretrained else 0))
-        if found := ckpt.latest():
-            start_epoch = found[1]
-            log.info("run %s: resuming from %s (%d of %d epochs done)", run.name, found[0], start_epoch, run.epochs)
-    learn = run_learner(cfg, comp, run, device, timm_kwargs, valid_idx=split.valid_idx, cbs=cbs)
-    dls = learn.dls
-    try:
-        start = time.perf_counter()
-        fit(learn, run, start_epoch)
-        fit_s = time.perf_counter() - start
-        valid_error = last_valid_error(learn)
-        valid_probs_plain, _ = learn.get_preds(ds_idx=1)
-        start = time.perf_counter()
-        n, beta, fast = cfg.tta.n, cfg.tta.beta, cfg.perf.fast_tta
-        test_probs, _ = tta(learn, dls.test_dl(comp.test_files), n, beta, fast)
-        valid_probs, valid_targets = tta(learn, dls.valid.new(shuffle=False, drop_last=False), n, beta, fast)
-        tta_s = time.perf_counter() - start
-        train_root = comp.root / "train_images"
-        valid_ids = [str(Path(p).relative_to(train_root)) for p in dls.valid_ds.items]
-    finally:
-        del learn, dls
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
+    if ckpt and (found := ckpt.latest()):
+        start_epoch = found[1]
+        log.info("run %s: resuming from %s (%d of %d epochs done)", run.name, found[0], start_epoch, run.epochs)
+    aux = read_aux_targets(comp, run.recipe.aux_targets)
+    with seeded(run.recipe.seed):
+        learn = run_learner(cfg, comp, run, device, timm_kwargs, valid_idx=split.valid_idx, cbs=cbs)
+        dls = learn.dls
+        try:
+            lr_found = None
+            if run.recipe.lr_find:  # a resumed run keeps the lr it found
+                find = partial(find_lr, learn, run.recipe.lr_find_steps)
+                lr_found = float(ckpt.remember("lr_found", find) if ckpt else find())
+                log.info("run %s: lr_find suggests lr %.3g", run.name, lr_found)
+                run = replace(run, lr=lr_found)
+            if ckpt:  # after lr_find, whose own fit must not count as one of the run's
+                learn.add_cb(ckpt.callback(final_fit=final_fit(run)))
+            start = time.perf_counter()
+            fit(learn, run, start_epoch)
+            fit_s = time.perf_counter() - start
+            valid_error = last_valid_error(learn)
+            # one plain pass: the label's probabilities without TTA, and each extra target's
+            raw, targets = learn.get_preds(ds_idx=1, act=noop)
+            (valid_probs_plain, _), *aux_plain = split_outputs(raw, targets, target_sizes(len(comp.vocab), aux))
+            start = time.perf_counter()
+            n, beta, fast = cfg.tta.n, cfg.tta.beta, cfg.perf.fast_tta
+            test_probs, _ = tta(learn, dls.test_dl(comp.test_files), n, beta, fast)
+            valid_probs, valid_targets = tta(learn, dls.valid.new(shuffle=False, drop_last=False), n, beta, fast)
+            tta_s = time.perf_counter() - start
+            train_root = comp.root / "train_images"
+            valid_ids = [str(Path(p).relative_to(train_root)) for p in dls.valid_ds.items]
+        finally:
+            del learn, dls
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
     valid_probs = valid_probs.float()
     env = environment(device) | {
         "split_seed_configured": cfg.data.seed is not None,
         "data_fingerprint": comp.fingerprint,  # the data it was trained on, as in its run hash
+    }
+    aux_records = {
+        t.name: {"vocab": t.vocab, "weight": t.weight, "valid_probs": probs.contiguous(), "valid_targets": targs}
+        for t, (probs, targs) in zip(aux, aux_plain, strict=True)
     }
     return Predictions(
         run=run.name,
@@ -127,13 +148,17 @@ def train_run(
         test_probs=test_probs.float().contiguous(),
         valid_ids=valid_ids,
         valid_probs=valid_probs.contiguous(),
-        valid_probs_plain=valid_probs_plain.float().contiguous(),
+        valid_probs_plain=valid_probs_plain.contiguous(),
         valid_targets=valid_targets.long(),
         split=split.record(),
         weight=run.weight,
         metrics={
             "valid_error": valid_error,
             "valid_error_tta": float((valid_probs.argmax(1) != valid_targets).float().mean()),
+            **{
+                f"valid_error_{name}": float((a["valid_probs"].argmax(1) != a["valid_targets"]).float().mean())
+                for name, a in aux_records.items()
+            },
         },
         timings={"fit_s": fit_s, "tta_s": tta_s},
         run_spec=asdict(run),
@@ -141,6 +166,8 @@ def train_run(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         device=device,
         environment=env,
+        aux_targets=aux_records,
+        lr_found=lr_found,
     )
 
 
@@ -204,6 +231,7 @@ def train_model(cfg: Any) -> list[RunResult]:
         log.info("accum from the memory probe's %s: %s", probe_file, probed)
     runs = resolve_runs(cfg, probed)
     comp = scan_competition(cfg.data.root)
+    read_aux_targets(comp, runs[0].recipe.aux_targets)  # a bad train.csv fails here, before any run trains
     device = pick_device(cfg.train.device)
     log.info(
         "%s: %d runs on %s; %d training images in %d classes, %d test images",
@@ -230,6 +258,7 @@ def train_model(cfg: Any) -> list[RunResult]:
                 done.metrics["valid_error"],
                 done.metrics["valid_error_tta"],
                 done.run_spec["accum"],
+                aux_errors=aux_errors(done),
             )
             continue
         try:  # weights problems show at start, not hours later when the run's turn comes
@@ -288,7 +317,7 @@ def attempt(
 ) -> RunResult:
     """Train and save one run; any failure is logged and returned, so the job goes on with the next run."""
     log.info(
-        "run %s (hash %s): %s, %s %s -> %s, accum %d (micro-batch %d), %d epochs, lr %g",
+        "run %s (hash %s): %s, %s %s -> %s, accum %d (micro-batch %d), %d epochs, lr %s; %s",
         run.name,
         identity,
         run.arch,
@@ -298,7 +327,8 @@ def attempt(
         run.accum,
         run.micro_batch,
         run.epochs,
-        run.lr,
+        "find" if run.recipe.lr_find else format(run.lr, "g"),
+        "; ".join(f"{k} {v}" for k, v in recipe_columns(asdict(run)).items()),
     )
     ckpt = RunCheckpoint(Path(cfg.paths.checkpoints) / f"{run.name}-{identity}") if cfg.train.checkpoint else None
     start = time.perf_counter()
@@ -321,7 +351,13 @@ def attempt(
         preds.metrics["valid_error_tta"],
         preds.run_spec["accum"],
         (time.perf_counter() - start) / 60,
+        aux_errors=aux_errors(preds),
     )
+
+
+def aux_errors(preds: Predictions) -> dict[str, float]:
+    """The run's extra targets' validation error rates, by target."""
+    return {name: preds.metrics[f"valid_error_{name}"] for name in preds.aux_targets}
 
 
 def save_traceback(run_name: str) -> str:
@@ -349,8 +385,10 @@ def results_table(results: list[RunResult]) -> str:
                 "size": "x".join(map(str, r.run.size)),
                 "accum": r.accum or r.run.accum,
                 "epochs": r.run.epochs,
+                **recipe_columns(asdict(r.run)),
                 "valid err": num(r.valid_error, ".4f"),
                 "valid err TTA": num(r.valid_error_tta, ".4f"),
+                "aux err": ", ".join(f"{k} {v:.4f}" for k, v in r.aux_errors.items()) or "-",
                 "minutes": f"{r.minutes:.1f}",
             }
             for r in results

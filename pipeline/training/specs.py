@@ -3,7 +3,9 @@ data.split=kfold), with every setting resolved.
 
 Precedence for epochs and lr: `train.*` on the command line, then the variant, then the model
 file. accum likewise, with the probe's choice (pipeline.training.memory_probe) between `train.accum` and the
-variant. batch_size: the variant, then the model file.
+variant. batch_size: the variant, then the model file. The training recipe (pipeline.training.recipe) is
+the same for every run of a job; a run's name is <model>_<variant> plus the recipe's tag (what differs from
+the reference recipe), so runs of different recipes keep their own prediction files.
 
 `train.variant` and `train.fold` keep one variant, one fold or both, after the expansion: a multirun over
 them (`-m train.fold=0,1,2,3,4`) gives one job per run, which a launcher can run side by side.
@@ -11,10 +13,11 @@ them (`-m train.fold=0,1,2,3,4`) gives one job per run, which a launcher can run
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.training.recipe import Recipe, recipe_from_config, recipe_tag
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class RunSpec:
     weight: float
     fold: int | None = None
     n_folds: int | None = None
+    recipe: Recipe = field(default_factory=Recipe)
 
     @property
     def micro_batch(self) -> int:
@@ -66,13 +70,17 @@ def resolve_runs(cfg: Any, probed: dict[str, int] | None = None) -> list[RunSpec
         raise PipelineError("no model chosen: add +model=NAME (a file in conf/model/, e.g. +model=vit_large)")
     if not model.variants:
         raise PipelineError(f"model {model.name} has no variants: list at least one under variants:")
+    recipe = recipe_from_config(cfg)
+    lr = None if recipe.lr_find else cfg.train.lr  # with train.lr=find the variant's lr stands in until found
     runs = []
     for i, v in enumerate(model.variants):
         where = f"model {model.name} variant {i}"
         resize = getattr(v.resize, "value", v.resize)
         item_size, size = _size(v.item_size, f"{where} item_size"), _size(v.size, f"{where} size")
-        name = f"{model.name}_{v.name or variant_name(resize, item_size, size)}"
-        accum = cfg.train.accum or (probed or {}).get(name) or v.accum or model.accum
+        base = f"{model.name}_{v.name or variant_name(resize, item_size, size)}"
+        name = base + recipe_tag(recipe)
+        # the probe's choice for this recipe, else for the variant under the reference recipe
+        accum = cfg.train.accum or (probed or {}).get(name) or (probed or {}).get(base) or v.accum or model.accum
         batch_size = v.batch_size or model.batch_size
         if batch_size % accum:
             raise PipelineError(f"{where}: batch_size {batch_size} is not divisible by accum {accum}")
@@ -89,9 +97,10 @@ def resolve_runs(cfg: Any, probed: dict[str, int] | None = None) -> list[RunSpec
                 min_scale=v.min_scale,
                 accum=accum,
                 epochs=cfg.train.epochs or v.epochs or model.epochs,
-                lr=cfg.train.lr or v.lr or model.lr,
+                lr=lr or v.lr or model.lr,
                 batch_size=batch_size,
                 weight=v.weight,
+                recipe=recipe,
             )
         )
     names = [r.name for r in runs]
