@@ -99,6 +99,7 @@ class TrainConfig:
     checkpoint: bool = True
     oom_retries: int = 3
     callbacks: list[Any] = field(default_factory=list)
+    time_budget_h: float | None = None
 
 
 @dataclass

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 class PipelineError(Exception):
     """Bad input or a missing prerequisite: the message says what is wrong and what to do."""
 
+    exit_code = 2  # what the CLI exits with; a subclass may say more (3: stopped by a time budget)
+
 
 def one_line(e: BaseException) -> str:
     """The gist of an exception: fastai prefixes callback errors with a line naming the callback."""
@@ -44,9 +46,9 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def exit_on_error(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a CLI's task: a PipelineError becomes one line on stderr and exit code 2 (in a multirun,
-    a logged line and a JobFailed result); SIGTERM interrupts like Ctrl-C, so that temporary files
-    are cleaned up and finished files kept."""
+    """Run a CLI's task: a PipelineError becomes one line on stderr and exit code 2, or the error's own
+    exit_code (in a multirun, a logged line and a JobFailed result); SIGTERM interrupts like Ctrl-C,
+    so that temporary files are cleaned up and finished files kept."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -58,7 +60,7 @@ def exit_on_error(fn: Callable[..., Any]) -> Callable[..., Any]:
                 log.error("error: %s", e)
                 return JobFailed(str(e))
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(e.exit_code)
         except KeyboardInterrupt:
             print("interrupted: finished files are kept; run the same command again to continue", file=sys.stderr)
             sys.exit(130)

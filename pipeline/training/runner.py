@@ -25,6 +25,7 @@ from pipeline.tables import format_table
 from pipeline.training.checkpoints import RunCheckpoint
 from pipeline.training.provenance import environment, run_hash
 from pipeline.training.specs import RunSpec, resolve_runs
+from pipeline.training.time_budget import TimeBudget, TimeBudgetSpent
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,19 @@ class RunsFailed(PipelineError):
     """Some runs of a job failed; the others finished and their prediction files are kept."""
 
 
+class RunsStopped(PipelineError):
+    """train.time_budget_h stopped runs (their checkpoints kept): running the job again continues them."""
+
+    exit_code = 3
+
+
+STOPPED = "stopped: time budget"
+
+
 @dataclass
 class RunResult:
     run: RunSpec
-    status: str  # trained | skipped | failed
+    status: str  # trained | skipped | failed | STOPPED (no prediction file; the checkpoint is kept)
     path: Path | None = None
     valid_error: float | None = None
     valid_error_tta: float | None = None
@@ -54,9 +64,16 @@ def run_split(cfg: Any, comp: Competition, run: RunSpec, seed: int | None) -> Sp
 
 
 def train_run(
-    cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any], ckpt: RunCheckpoint | None
+    cfg: Any,
+    comp: Competition,
+    run: RunSpec,
+    device: str,
+    timm_kwargs: dict[str, Any],
+    ckpt: RunCheckpoint | None,
+    budget: TimeBudget | None = None,
 ) -> Predictions:
-    """Fit one run (resuming from its checkpoint if any) and return its TTA predictions."""
+    """Fit one run (resuming from its checkpoint if any) and return its TTA predictions.
+    Raises TimeBudgetSpent when `budget` stopped the fit before its last epoch."""
     import torch
     from hydra.utils import instantiate
 
@@ -68,8 +85,12 @@ def train_run(
     )  # a resumed run keeps its split
     cbs = [instantiate(c) for c in cfg.train.callbacks]
     start_epoch = 0
+    final_fit = 1 if run.pretrained else 0
+    stop = budget.callback(final_fit) if budget else None
+    if stop:
+        cbs.append(stop)
     if ckpt:
-        cbs.append(ckpt.callback(final_fit=1 if run.pretrained else 0))
+        cbs.append(ckpt.callback(final_fit))
         if found := ckpt.latest():
             start_epoch = found[1]
             log.info("run %s: resuming from %s (%d of %d epochs done)", run.name, found[0], start_epoch, run.epochs)
@@ -79,6 +100,8 @@ def train_run(
         start = time.perf_counter()
         fit(learn, run, start_epoch)
         fit_s = time.perf_counter() - start
+        if stop and stop.stopped:
+            raise TimeBudgetSpent(f"stopped after epoch {stop.epoch + 1} of fit {stop.fit_index + 1}")
         valid_error = last_valid_error(learn)
         valid_probs_plain, _ = learn.get_preds(ds_idx=1)
         start = time.perf_counter()
@@ -122,14 +145,20 @@ def train_run(
 
 
 def train_with_retries(
-    cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any], ckpt: RunCheckpoint | None
+    cfg: Any,
+    comp: Competition,
+    run: RunSpec,
+    device: str,
+    timm_kwargs: dict[str, Any],
+    ckpt: RunCheckpoint | None,
+    budget: TimeBudget | None = None,
 ) -> Predictions:
     """train_run; on out-of-memory, double accum (same effective batch, half the micro-batch) and retry."""
     import torch
 
     for attempt in range(cfg.train.oom_retries + 1):
         try:
-            return train_run(cfg, comp, run, device, timm_kwargs, ckpt)
+            return train_run(cfg, comp, run, device, timm_kwargs, ckpt, budget)
         except torch.OutOfMemoryError:
             gc.collect()
             if device == "cuda":
@@ -164,7 +193,9 @@ def finished(path: Path, identity: str) -> Predictions | None:
 
 
 def train_model(cfg: Any) -> list[RunResult]:
-    """Train a model's runs one after the other; raises RunsFailed at the end if any failed."""
+    """Train a model's runs one after the other; raises RunsFailed at the end if any failed, else
+    RunsStopped if train.time_budget_h stopped any."""
+    budget = TimeBudget(cfg.train.get("time_budget_h"))
     from pipeline.training.learner import pick_device
     from pipeline.training.memory_probe import read_accums
     from pipeline.training.pretrained import timm_kwargs
@@ -209,18 +240,34 @@ def train_model(cfg: Any) -> list[RunResult]:
             log.error("run %s cannot train: %s", run.name, e)
             results[run.name] = RunResult(run, "failed", error=str(e))
     for run, identity, path, kwargs in todo:
-        results[run.name] = attempt(cfg, comp, run, identity, path, device, kwargs)
+        if not budget.allows_new_run():
+            log.info("run %s: not started, train.time_budget_h=%g is spent", run.name, budget.hours)
+            results[run.name] = RunResult(run, STOPPED)
+            continue
+        results[run.name] = attempt(cfg, comp, run, identity, path, device, kwargs, budget)
     ordered = [results[run.name] for run in runs]
     log.info("\n%s", results_table(ordered))
     if failed := [r for r in ordered if r.status == "failed"]:
         raise RunsFailed(
             f"{len(failed)} of {len(ordered)} runs failed: " + "; ".join(f"{r.run.name} ({r.error})" for r in failed)
         )
+    if stopped := [r.run.name for r in ordered if r.status == STOPPED]:
+        raise RunsStopped(
+            f"{len(stopped)} of {len(ordered)} runs stopped by train.time_budget_h={budget.hours:g} "
+            f"({', '.join(stopped)}): run the same command again to continue from their checkpoints"
+        )
     return ordered
 
 
 def attempt(
-    cfg: Any, comp: Competition, run: RunSpec, identity: str, path: Path, device: str, kwargs: dict[str, Any]
+    cfg: Any,
+    comp: Competition,
+    run: RunSpec,
+    identity: str,
+    path: Path,
+    device: str,
+    kwargs: dict[str, Any],
+    budget: TimeBudget | None = None,
 ) -> RunResult:
     """Train and save one run; any failure is logged and returned, so the job goes on with the next run."""
     log.info(
@@ -239,9 +286,14 @@ def attempt(
     ckpt = RunCheckpoint(Path(cfg.paths.checkpoints) / f"{run.name}-{identity}") if cfg.train.checkpoint else None
     start = time.perf_counter()
     try:
-        preds = train_with_retries(cfg, comp, run, device, kwargs, ckpt)
+        preds = train_with_retries(cfg, comp, run, device, kwargs, ckpt, budget)
         preds.run_hash = identity
         save(preds, path)
+    except TimeBudgetSpent as e:
+        minutes = (time.perf_counter() - start) / 60
+        kept = f"; its checkpoint is kept in {ckpt.folder}" if ckpt else " (train.checkpoint=false: nothing is kept)"
+        log.warning("run %s: time budget spent after %.1f min, %s%s", run.name, minutes, e, kept)
+        return RunResult(run, STOPPED, minutes=minutes)
     except Exception as e:  # isolation: any failure of one run must not stop the others
         minutes = (time.perf_counter() - start) / 60
         log.error("run %s failed after %.1f min: %s%s", run.name, minutes, one_line(e), save_traceback(run.name))
