@@ -66,3 +66,27 @@ def test_an_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
         predictions.save(make_preds(seed=2), tmp_path / "r1.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["r1.pt"]  # no temporary file left behind
     assert (tmp_path / "r1.pt").read_bytes() == before  # the earlier complete file is intact
+
+
+def test_a_finished_run_is_recognised_wherever_its_data_lives_but_only_on_the_same_data(tmp_path):
+    from omegaconf import OmegaConf
+
+    from pipeline.data.competition import Competition
+    from pipeline.training.provenance import run_hash
+    from pipeline.training.runner import finished
+    from tests.factories import make_run
+
+    run, tta = make_run(), OmegaConf.create({"n": 4, "beta": 0.25})
+    data = OmegaConf.create({"name": "paddy", "root": "/home/me/paddy", "seed": 42, "num_workers": 2})
+    identity = run_hash(run, data, tta)
+    # a Kaggle notebook reads the same competition from /kaggle/input: same run
+    assert run_hash(run, OmegaConf.merge(data, {"root": "/kaggle/input/paddy", "num_workers": 0}), tta) == identity
+    assert run_hash(run, OmegaConf.merge(data, {"seed": 1}), tta) != identity
+
+    path = predictions.save(make_preds(run_hash=identity), tmp_path / "r1.pt")
+    same = Competition(tmp_path, ["cat", "dog"], [], [tmp_path / n for n in ("c.jpg", "a.jpg", "b.jpg")])
+    assert finished(path, identity, same) is not None
+    other_test_images = Competition(tmp_path, ["cat", "dog"], [], [tmp_path / "z.jpg"])
+    other_labels = Competition(tmp_path, ["cat", "cow"], [], same.test_files)
+    assert finished(path, identity, other_test_images) is None and finished(path, identity, other_labels) is None
+    assert finished(path, "another-hash", same) is None

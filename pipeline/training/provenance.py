@@ -18,12 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_hash(run: RunSpec, data: Any, tta: Any) -> str:
-    """Identity of a run: same hash, same training. Output paths and worker counts are left out (they
-    do not change the predictions), so moving outputs or changing num_workers keeps finished runs.
+    """Identity of a run: same hash, same training. Output paths, worker counts and where the data
+    lives (data.root) are left out (they do not change the predictions), so moving outputs or data,
+    changing num_workers, or training in a Kaggle notebook on /kaggle/input keeps finished runs.
     Hash the run as configured: an out-of-memory retry with a larger accum keeps the identity."""
     identity = {
         "run": asdict(run),
-        "data": {k: data[k] for k in sorted(data) if k not in ("num_workers", "test_labels")},
+        "data": {k: data[k] for k in sorted(data) if k not in ("num_workers", "test_labels", "root")},
         "tta": {k: tta[k] for k in sorted(tta)},
     }
     blob = json.dumps(identity, sort_keys=True, default=str)

@@ -177,8 +177,9 @@ def train_with_retries(
     raise AssertionError("unreachable")
 
 
-def finished(path: Path, identity: str) -> Predictions | None:
-    """The run's prediction file, if it exists and was made by the same run."""
+def finished(path: Path, identity: str, comp: Competition | None = None) -> Predictions | None:
+    """The run's prediction file, if it exists and was made by the same run (on `comp`'s labels and
+    test images: the run hash does not say where the data lives)."""
     if not path.is_file():
         return None
     try:
@@ -188,6 +189,9 @@ def finished(path: Path, identity: str) -> Predictions | None:
         return None
     if preds.run_hash != identity:
         log.info("%s was trained with another config (run hash %s, now %s): retraining", path, preds.run_hash, identity)
+        return None
+    if comp is not None and (preds.vocab != list(comp.vocab) or sorted(preds.test_ids) != sorted(comp.test_ids)):
+        log.info("%s was trained on other data (labels or test images differ from %s): retraining", path, comp.root)
         return None
     return preds
 
@@ -221,7 +225,7 @@ def train_model(cfg: Any) -> list[RunResult]:
     for run in runs:
         identity = run_hash(run, cfg.data, cfg.tta)
         path = Path(cfg.paths.preds) / f"{run.name}.pt"
-        if not cfg.train.force and (done := finished(path, identity)):
+        if not cfg.train.force and (done := finished(path, identity, comp)):
             log.info(
                 "run %s: already trained with this config (%s): skipped; train.force=true retrains", run.name, path
             )
