@@ -1,7 +1,8 @@
 """A loopback stand-in for the parts of the Kaggle API this project uses.
 
-It lets tests drive the real ``kaggle`` client (checked against kaggle 2.2.4 + kagglesdk 0.1.37)
-without internet. Standard library only; it only ever binds 127.0.0.1.
+It lets tests drive the real ``kaggle`` client (checked against kaggle 2.2.4 + kagglesdk 0.1.37; the
+datasets and notebooks part against kaggle 2.2.5 + kagglesdk 0.1.38) without internet. Standard library
+only; it only ever binds 127.0.0.1. Notebooks pushed to it run for real (see "Notebooks" below).
 
 How the client is pointed here
 ------------------------------
@@ -61,6 +62,50 @@ fields (camelCase), headers ``Content-Type: application/json``, ``Authorization`
   "status": "PENDING"|"COMPLETE"|"ERROR", "publicScore": "0.97", "privateScore", "totalBytes", ...}],
   "nextPageToken"}``. Scores are strings (an absent score reads back as ``""``), ``date`` is ISO with
   ``Z``, and ``status`` comes back as ``kagglesdk...SubmissionStatus``.
+
+Datasets (the code of hydra/launcher=kaggle)
+-------------------------------------------
+* ``dataset_list_files("owner/slug", page_size=N)``: ``POST datasets.DatasetApiService/ListDatasetFiles
+  {"ownerSlug", "datasetSlug", "pageSize"[, "pageToken"]}`` -> ``{"datasetFiles": [{"name", "totalBytes"}],
+  "nextPageToken"}`` (the latest version's files); 404 when there is no such dataset.
+* ``dataset_create_new(folder, public=False)`` reads ``dataset-metadata.json`` (``id``, ``title``, one
+  ``licenses`` entry; slug and title 6-50 characters), first asks ``GetDatasetStatus`` (any HTTP error = the
+  slug is free), then uploads every file of the folder (not sub-folders unless ``dir_mode``) as a blob:
+  ``POST blobs.BlobApiService/StartBlobUpload {"type": "DATASET", "name", "contentLength",
+  "lastModifiedEpochSeconds"}`` -> ``{"token", "createUrl"}`` and a ``PUT createUrl`` (no auth; 200/201 =
+  done; upload state is kept in ``$TMPDIR/.kaggle-uploads-<uid>/`` to resume), then ``POST
+  .../CreateDataset {"ownerSlug", "slug", "title", "licenseName", "isPrivate", "files": [{"token"}]}``
+  (wrapped in the client's own ``with_retry``) -> ``{"ref", "url", "status", "error"}``; an error comes
+  back in ``error``, not as an HTTP status. ``dataset_create_version(folder, notes)`` does the same with
+  ``CreateDatasetVersion {"ownerSlug", "datasetSlug", "body": {"versionNotes", "files"}}``.
+* ``dataset_status("owner/slug")``: ``GetDatasetStatus {"ownerSlug", "datasetSlug"}`` -> ``{"status":
+  "READY"}`` (a ``DatabundleVersionStatus`` name; the client returns it lowercased); here the first
+  ``dataset_ready_polls`` answers after an upload are ``BLOBS_RECEIVED``.
+
+Notebooks (kernels)
+-------------------
+* ``kernels_push(folder, acc=...)`` reads ``kernel-metadata.json`` and ``code_file`` and sends ``POST
+  kernels.KernelsApiService/SaveKernel {"slug": "owner/slug", "newTitle", "text", "language",
+  "kernelType", "isPrivate", "enableGpu", "enableInternet", "datasetDataSources",
+  "competitionDataSources", "kernelDataSources", "machineShape"}`` (empty lists are not sent) ->
+  ``{"ref", "url", "versionNumber", "error", "invalidDatasetSources", ...}``. Not retried by the client.
+* ``kernels_status("owner/slug/N")``: ``GetKernelSessionStatus {"userName", "kernelSlug", "versionLabel":
+  "vN"}`` -> ``{"status": "QUEUED"|"RUNNING"|"COMPLETE"|"ERROR"|..., "failureMessage"}``.
+* ``kernels_output("owner/slug/N", path, file_pattern=regex)``: ``ListKernelSessionOutput {"userName",
+  "kernelSlug", "versionLabel", "pageSize": 20[, "pageToken"]}`` -> ``{"files": [{"fileName", "url"}],
+  "log", "nextPageToken"}``; every page is listed, only names matching the pattern are fetched with a plain
+  ``GET url`` (a signed storage URL: no auth), and a non-empty ``log`` is written as ``<slug>.log``.
+  ``fileName`` is the path under ``/kaggle/working``. The log is a JSON list of ``{"stream_name", "time",
+  "data"}`` events, as Kaggle serves it.
+* ``quota_view()``: ``GetAcceleratorQuotaStatistics {}`` -> ``{"gpuQuota": {"timeUsed": "123.4s",
+  "totalTimeAllowed": "108000s"}, "quotaRefreshTime"}``.
+
+A pushed notebook runs for real, in a thread: its input is laid out under ``kernels_dir/<slug>/v<N>/input``
+(the competition as a read-only copy of ``competition_root``, made once; each dataset's latest files; each
+``kernel_sources`` notebook's last complete output), the script's ``Path("/kaggle/input")``,
+``Path("/kaggle/working")`` and ``Path("/kaggle/temp")`` are mapped to that session's folders, and it runs
+with this Python (``sys.executable``) and a bare environment (no credentials, ``PIP_NO_INDEX=1``: no
+internet here). Exit 0 is COMPLETE, anything else ERROR; the files left in its working folder are its output.
 
 Errors as the client raises them
 --------------------------------

@@ -371,7 +371,7 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     text = path.read_text(errors="replace")
     with contextlib.suppress(ValueError, AttributeError, TypeError):
         text = "".join(event.get("data", "") for event in json.loads(text))
-    found = [line.split("\r")[-1].rstrip() for line in text.splitlines()]
+    found = [line.split("\r")[-1].rstrip() for line in text.split("\n")]  # not splitlines: it splits at \r
     return [line for line in found if line.strip()][-lines:]
 
 
