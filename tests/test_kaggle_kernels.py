@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from pipeline import predictions
 from pipeline.config import KaggleLauncherConfig
 from pipeline.data.demo import build_demo
 from pipeline.data.submission_csv import validate_submission
+from pipeline.errors import PipelineError
 from pipeline.kaggle import code_dataset, notebook_ledger
 from pipeline.kaggle.kernels import Job, run_jobs
 from pipeline.training.provenance import run_hash
@@ -92,15 +94,33 @@ def session_log(stand_in: KaggleStandIn, ref: str, number: int) -> str:
 def test_a_sweep_trains_in_kaggle_notebooks_resumes_after_the_time_budget_and_blends_at_home(
     stand_in, tiny_demo, tmp_path
 ):
-    outputs = tmp_path / "outputs"
+    outputs, ledger = tmp_path / "outputs", tmp_path / "outputs" / "kaggle_kernels.json"
     # Two jobs of two epochs; each session's budget is spent by its first epoch, so each job needs two.
     jobs = job_overrides(tiny_demo, outputs, "train.epochs=2", "train.time_budget_h=1.0e-6")
+    sweep = [*jobs, "model.name=tiny_a,tiny_b", *LAUNCHER]
     stand_in.fail_next(429, endpoint="SaveKernel", retry_after="0", message="Too many requests")
 
-    done = routed(stand_in, "pipeline.train", "-m", *jobs, "model.name=tiny_a,tiny_b", *LAUNCHER)
+    # The laptop goes away once both notebooks are pushed: they go on on Kaggle.
+    command = [sys.executable, "tests/routed_cli.py", stand_in.base_url, "pipeline.train", "-m", *sweep]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while len([n for n in notebook_ledger.read(ledger).values() if n.get("version")]) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+        time.sleep(0.1)
+    first.kill()
+    early = first.communicate()[0]
+    assert "Too many requests; retry 1 of 3" in early  # the 429 on the first push waited and retried
+    assert stand_in.count("SaveKernel") == 3
+
+    listed = routed(stand_in, "pipeline.kernels", f"paths.outputs={outputs}")  # asks Kaggle how they are
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert stand_in.count("GetAcceleratorQuotaStatistics") == 1 and "Kaggle GPU quota: " in listed.stdout
+
+    done = routed(stand_in, "pipeline.train", "-m", *sweep)  # follows them: does not push them again
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Too many requests; retry 1 of 3" in done.stdout  # the 429 on the first push waited and retried
+    assert done.stdout.count(": following notebook ") == 2
+    assert KEY not in early + listed.stdout + listed.stderr + done.stdout + done.stderr
     assert [r.endpoint for r in stand_in.requests].count("CreateDataset") == 1
     assert stand_in.count("CreateDatasetVersion") == 0 and stand_in.count("SaveKernel") == 5
     refs = sorted(stand_in.kernels)
@@ -147,7 +167,7 @@ def test_a_sweep_trains_in_kaggle_notebooks_resumes_after_the_time_budget_and_bl
     assert "tiny_a_squish32_32" in blended.stdout and "tiny_b_squish32_32" in blended.stdout
 
     requests = len(stand_in.requests)
-    again = routed(stand_in, "pipeline.train", "-m", *jobs, "model.name=tiny_a,tiny_b", *LAUNCHER)
+    again = routed(stand_in, "pipeline.train", "-m", *sweep)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("are already home") == 2 and len(stand_in.requests) == requests  # not even asked
 
@@ -241,6 +261,15 @@ def test_a_refused_push_and_a_local_weights_file_are_one_line_each(stand_in, tin
     assert errors[0] == f"Kaggle refused notebook {pushed}: Notebook title must be unique"
     assert errors[1].startswith(f"model.weights={local} is a file here, which a Kaggle notebook cannot read")
     assert stand_in.count("SaveKernel") == 1  # the second job never got as far as Kaggle
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [("max_parallel", "must be at least 1"), ("time_budget_h", "Kaggle ends a session at 12 hours")],
+)
+def test_launcher_options_out_of_range_stop_at_once(tmp_path, option, expected):
+    with pytest.raises(PipelineError, match=expected):
+        run_jobs([], launcher_options(tmp_path, **{option: 0 if option == "max_parallel" else 12}))
 
 
 def test_without_credentials_nothing_is_asked_or_built(stand_in, tiny_demo, tmp_path, monkeypatch):

@@ -83,6 +83,13 @@ class Notebook:
 def run_jobs(jobs: list[Job], opts: Any) -> list[str | None]:
     """Train every job on Kaggle (or find it home); each job's one-line error, None when its runs are home.
     A PipelineError means nothing could start (credentials, the code upload)."""
+    if opts.max_parallel < 1 or opts.max_sessions < 1 or opts.poll_s <= 0:
+        raise PipelineError("hydra.launcher.max_parallel and max_sessions must be at least 1, and poll_s above 0")
+    if not 0 < opts.time_budget_h < 12:
+        raise PipelineError(
+            f"hydra.launcher.time_budget_h={opts.time_budget_h}: Kaggle ends a session at 12 hours and keeps nothing "
+            "of it; leave an hour for start-up, the last run's TTA and saving (11)"
+        )
     credentials_source()  # one line before any request when there are none
     comps: dict[str, Competition] = {}
     planned: list[Notebook | str] = []
@@ -163,7 +170,7 @@ class Sweep:
         for nb in queue:
             self.adopt(nb)
         if any(nb.version is None and not nb.error for nb in queue):  # before any push: its failure stops all
-            self.code = code_dataset.ensure(self.api, self.user, self.opts)
+            self.ensure_code()
         active: list[Notebook] = []
         delay = self.opts.poll_s
         while queue or active:
@@ -204,16 +211,21 @@ class Sweep:
         else:
             nb.session = 0  # a new attempt from scratch
 
+    def ensure_code(self) -> code_dataset.CodeDataset:
+        """The code dataset, found or uploaded once per sweep (a failure stops the sweep: nothing can be pushed)."""
+        self.code = self.code or code_dataset.ensure(self.api, self.user, self.opts)
+        return self.code
+
     def push(self, nb: Notebook) -> bool:
         """Push the notebook's next session (session 1 unless resuming); False (and nb.error) when refused."""
-        assert self.code is not None
+        code = self.ensure_code()
         if nb.resume and nb.session >= self.opts.max_sessions:
             hint = "raise hydra.launcher.max_sessions, or train fewer epochs per job"
             return self.fail(nb, f"was stopped by its time budget in each of its {nb.session} sessions", hint=hint)
         nb.session = nb.session + 1 if nb.resume else 1
         try:
             folder = write_notebook(
-                nb.folder() / "notebook", nb.ref, nb.session, nb.competition, self.code, nb.config, self.opts
+                nb.folder() / "notebook", nb.ref, nb.session, nb.competition, code, nb.config, self.opts
             )
             acc = self.opts.accelerator or None
             response = call_api(
@@ -248,8 +260,8 @@ class Sweep:
             url=response.url,
             runs=nb.runs,
             home=nb.home,
-            code=self.code.ref,
-            source=self.code.source_hash,
+            code=code.ref,
+            source=code.source_hash,
             version=nb.version,
             attempt_sessions=nb.session,
             sessions=sessions,
