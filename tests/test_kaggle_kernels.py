@@ -305,3 +305,22 @@ def test_the_session_log_tail_reads_kaggles_json_log(tmp_path):
     tail = log_tail(tmp_path / "k.log")
     assert len(tail) == 15 and tail[-2:] == ["100% |####|", "error: it broke"] and tail[0] == "line 17"
     assert log_tail(tmp_path / "plain.log") == ["a", "b"]
+
+
+@pytest.mark.parametrize("config", ['a: 1\nb: "x"\n', 'a: "q\\"\\"\\"x"\nb: \\n\n'])
+def test_the_pushed_script_carries_the_job_config_exactly(tmp_path, config):
+    from types import SimpleNamespace
+
+    from pipeline.kaggle.notebooks import CODE_FILE, write_notebook
+
+    opts = SimpleNamespace(internet=False, accelerator=None, datasets=["me/weights"])
+    code = code_dataset.CodeDataset(CODE, "abc", "paddy_pipeline-0.1.0-py3-none-any.whl", uploaded=False)
+    folder = write_notebook(tmp_path, f"{USERNAME}/paddy-x-0123456789", 2, COMPETITION, code, config, opts)
+
+    namespace: dict = {}
+    exec(compile((folder / CODE_FILE).read_text(), CODE_FILE, "exec"), namespace)  # __name__ is not __main__
+    assert namespace["JOB"]["config"] == config
+    assert namespace["JOB"]["session"] == 2 and namespace["JOB"]["resume"] and not namespace["JOB"]["internet"]
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    assert (meta["enable_gpu"], meta["enable_internet"], "machine_shape" in meta) == (False, False, False)
+    assert meta["dataset_sources"] == [CODE, "me/weights"] and meta["kernel_sources"] == [meta["id"]]

@@ -61,12 +61,14 @@ def write_notebook(
         "code_dataset": code.ref.split("/")[1],
         "wheel": code.wheel,
         "internet": bool(opts.internet),
-        "config": config,
     }
+    # The config as a block of YAML, readable in Kaggle's editor; repr() when it holds quotes or escapes.
+    literal = f'"""\\\n{config}"""' if '"""' not in config and "\\" not in config else repr(config)
+    job_code = f"JOB = {pprint.pformat(job, width=110, sort_dicts=False)}\nJOB[\"config\"] = {literal}\n"
     template = TEMPLATE.read_text()
     assert JOB_LINE in template, f"{TEMPLATE} lost its JOB line"
     folder.mkdir(parents=True, exist_ok=True)
-    script = template.replace(JOB_LINE, f"JOB = {pprint.pformat(job, width=110, sort_dicts=False)}\n")
+    script = template.replace(JOB_LINE, job_code)
     (folder / CODE_FILE).write_text(script)
     metadata = {
         "id": ref,
