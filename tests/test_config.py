@@ -118,7 +118,7 @@ def test_cli_modules_do_not_import_heavy_libraries():
     code = (
         "import sys, pipeline.train, pipeline.blend, pipeline.ensemble.writing, pipeline.training.runner,"
         " pipeline.prepare_demo, pipeline.probe, pipeline.training.memory_probe, pipeline.bench,"
-        " pipeline.fast.benchmark;"
+        " pipeline.fast.benchmark, pipeline.kernels, hydra_plugins.pipeline_kaggle_launcher.kaggle_launcher;"
         "print(sorted(m for m in ('fastai', 'timm', 'kaggle') if m in sys.modules))"
     )
     out = _cli("-c", code)
@@ -133,6 +133,7 @@ ROOT_SCHEMAS = {
     "prepare_demo": "PrepareDemoAppConfig",
     "download": "DownloadAppConfig",
     "submit": "SubmitAppConfig",
+    "kernels": "KernelsAppConfig",
 }
 
 
@@ -167,3 +168,18 @@ def test_yaml_defaults_agree_with_the_schema(root):
         if key in defaults and defaults[key] != "???" and defaults[key] != value
     }
     assert differ == {}, f"conf/ and pipeline/config.py disagree (schema, yaml): {differ}"
+
+
+def test_kaggle_launcher_yaml_agrees_with_its_schema():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pipeline.config import KaggleLauncherConfig, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("config", ["hydra/launcher=kaggle"], return_hydra_config=True)
+    assert dict(_leaves(cfg.hydra.launcher)) == dict(_leaves(OmegaConf.structured(KaggleLauncherConfig)))
+    with pytest.raises(ConfigCompositionException), initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra_compose("config", ["hydra/launcher=kaggle", "hydra.launcher.max_parallel=many"], return_hydra_config=True)
