@@ -485,6 +485,7 @@ class KaggleStandIn:
             return denied
         if self.push_error:
             return 200, {"error": self.push_error}
+
         def has_output(kernel: str) -> bool:
             return any(v.status == "COMPLETE" for v in self.kernels.get(kernel, []))
 
@@ -761,11 +762,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(record, status, content, "application/octet-stream")
 
         # LOCAL/TEST clients use /api/v1/<service>/<Method>; PROD uses /v1/...
-        is_rpc = (
-            self.command == "POST"
-            and parts[:-2] in (["api", "v1"], ["v1"])
-            and parts[-2] in SERVICES
-        )
+        is_rpc = self.command == "POST" and parts[:-2] in (["api", "v1"], ["v1"]) and parts[-2] in SERVICES
         if not is_rpc:
             return self._send(record, 404, {"code": 404, "message": f"No route for {self.command} {path}"})
         if parts[-2] != OAUTH_SERVICE and not s._authorized(self.headers.get("Authorization")):

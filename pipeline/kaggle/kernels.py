@@ -247,7 +247,15 @@ class Sweep:
         except PipelineError as e:
             nb.error = str(e)
             log.error("%s: %s", nb.name, e)
-            ledger.update(self.opts.ledger, nb.ref, status="failed", error=nb.error, source=self.source_hash)
+            ledger.update(
+                self.opts.ledger,
+                nb.ref,
+                job=nb.job.overrides,
+                runs=nb.runs,
+                status="failed",
+                error=nb.error,
+                source=self.source_hash,
+            )
             return False
         nb.version, nb.status, nb.resume = response.version_number, "queued", False
         entry = ledger.read(self.opts.ledger).get(nb.ref, {})
@@ -304,13 +312,17 @@ class Sweep:
                 f"output of notebook {nb.kernel}",
                 self.opts.kaggle,
             )
-            record = _read_json(out / "outputs" / "kernel-session.json")
-            self.record_session(nb, seconds=record.get("seconds"), state=record.get("state"))
-            nb.home += self.bring_home(nb, out / "outputs" / "preds")
         except PipelineError as e:  # kept as ended: the same command fetches it again
             nb.error = f"notebook {nb.ref} ended ({status}), but its output did not come home: {e}"
             log.error("%s: %s", nb.name, nb.error)
             ledger.update(self.opts.ledger, nb.ref, status=ENDED, error=nb.error)
+            return
+        record = _read_json(out / "outputs" / "kernel-session.json")
+        self.record_session(nb, seconds=record.get("seconds"), state=record.get("state"))
+        try:
+            nb.home += self.bring_home(nb, out / "outputs" / "preds")
+        except PipelineError as e:
+            self.fail(nb, f"sent back a prediction file that cannot be used: {e}", out)
             return
         ledger.update(self.opts.ledger, nb.ref, home=nb.home)
         state = record.get("state")

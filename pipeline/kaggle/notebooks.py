@@ -64,7 +64,7 @@ def write_notebook(
     }
     # The config as a block of YAML, readable in Kaggle's editor; repr() when it holds quotes or escapes.
     literal = f'"""\\\n{config}"""' if '"""' not in config and "\\" not in config else repr(config)
-    job_code = f"JOB = {pprint.pformat(job, width=110, sort_dicts=False)}\nJOB[\"config\"] = {literal}\n"
+    job_code = f'JOB = {pprint.pformat(job, width=110, sort_dicts=False)}\nJOB["config"] = {literal}\n'
     template = TEMPLATE.read_text()
     assert JOB_LINE in template, f"{TEMPLATE} lost its JOB line"
     folder.mkdir(parents=True, exist_ok=True)
