@@ -218,7 +218,7 @@ def launcher_options(outputs: Path, **values):
     )
 
 
-def test_the_code_is_uploaded_once_per_source_and_a_change_is_a_new_version(stand_in, tmp_path):
+def test_the_code_is_uploaded_once_per_source_and_a_change_or_extra_wheels_make_a_new_version(stand_in, tmp_path):
     source = tmp_path / "source"
     for f in code_dataset.source_files(REPO):
         (source / f.relative_to(REPO)).parent.mkdir(parents=True, exist_ok=True)
@@ -233,13 +233,18 @@ def test_the_code_is_uploaded_once_per_source_and_a_change_is_a_new_version(stan
         second = code_dataset.ensure(api, USERNAME, opts, root=source)
         (source / "pipeline" / "kaggle" / "notebooks.py").write_text("# changed\n", encoding="utf-8")
         third = code_dataset.ensure(api, USERNAME, opts, root=source)
+        wheels = tmp_path / "wheels"  # for notebooks with the internet off
+        wheels.mkdir()
+        (wheels / "hydra_core-1.3.2-py3-none-any.whl").write_bytes(b"a wheel")
+        fourth = code_dataset.ensure(api, USERNAME, OmegaConf.merge(opts, {"wheels": str(wheels)}), root=source)
 
-    assert (first.uploaded, second.uploaded, third.uploaded) == (True, False, True)
-    assert first.source_hash == second.source_hash != third.source_hash
+    assert (first.uploaded, second.uploaded, third.uploaded, fourth.uploaded) == (True, False, True, True)
+    assert first.source_hash == second.source_hash != third.source_hash != fourth.source_hash
     dataset = stand_in.datasets[CODE]
-    assert dataset.private and len(dataset.versions) == 2
-    assert stand_in.count("CreateDataset") == 1 and stand_in.count("CreateDatasetVersion") == 1
+    assert dataset.private and len(dataset.versions) == 3
+    assert stand_in.count("CreateDataset") == 1 and stand_in.count("CreateDatasetVersion") == 2
     assert sorted(dataset.versions[1]) == [third.wheel, f"source-{third.source_hash}.sha256"]
+    assert dataset.versions[2]["hydra_core-1.3.2-py3-none-any.whl"] == b"a wheel"
     assert not list(source.glob("build")) and not list(source.glob("*.egg-info"))  # built from a copy
     assert not (REPO / "build").exists()
 

@@ -62,12 +62,24 @@ def source_files(root: Path) -> list[Path]:
     return files
 
 
-def source_hash(root: Path) -> str:
+def source_hash(root: Path, extra: list[Path] | None = None) -> str:
+    """Of the sources' names and bytes, and of any `extra` files uploaded with them (dependency wheels)."""
     h = hashlib.sha256()
     for f in source_files(root):
         h.update(f"\0{f.relative_to(root).as_posix()}\0".encode())
         h.update(f.read_bytes())
+    for f in extra or []:
+        h.update(f"\0{f.name}\0".encode())
+        h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def extra_wheels(opts: Any) -> list[Path]:
+    """hydra.launcher.wheels: dependency wheels uploaded with the code (notebooks with the internet off)."""
+    extra = sorted(Path(opts.wheels).glob("*.whl")) if opts.wheels else []
+    if opts.wheels and not extra:
+        raise PipelineError(f"hydra.launcher.wheels={opts.wheels} holds no .whl files")
+    return extra
 
 
 def build_wheel(root: Path, out: Path) -> Path:
@@ -90,7 +102,8 @@ def ensure(api: KaggleApi, username: str, opts: Any, root: Path | None = None) -
     """The dataset <username>/<opts.code_dataset> holding this source's wheel: found, or uploaded (a new
     dataset, or a new version of it) and waited for until Kaggle has processed it."""
     root = root or source_root()
-    digest = source_hash(root)
+    extra = extra_wheels(opts)
+    digest = source_hash(root, extra)
     ref, marker = f"{username}/{opts.code_dataset}", f"source-{digest}.sha256"
     names = list_files(api, ref, opts.kaggle)
     if names is not None and marker in names:
@@ -103,12 +116,8 @@ def ensure(api: KaggleApi, username: str, opts: Any, root: Path | None = None) -
         wheel = build_wheel(root, folder)
         files = [f.relative_to(root).as_posix() for f in source_files(root)]
         (folder / marker).write_text(json.dumps({"source_hash": digest, "wheel": wheel.name, "files": files}))
-        if opts.wheels:
-            extra = sorted(Path(opts.wheels).glob("*.whl"))
-            if not extra:
-                raise PipelineError(f"hydra.launcher.wheels={opts.wheels} holds no .whl files")
-            for f in extra:
-                shutil.copy2(f, folder / f.name)
+        for f in extra:
+            shutil.copy2(f, folder / f.name)
         metadata = {
             "title": opts.code_dataset,
             "id": ref,
@@ -117,11 +126,15 @@ def ensure(api: KaggleApi, username: str, opts: Any, root: Path | None = None) -
         }
         (folder / "dataset-metadata.json").write_text(json.dumps(metadata, indent=1))
         log.info("code: uploading %s (source %s) to %s", wheel.name, digest, ref)
-        if names is None:
-            upload = lambda: api.dataset_create_new(str(folder), public=False, quiet=True)  # noqa: E731
-        else:
-            upload = lambda: api.dataset_create_version(str(folder), f"source {digest}", quiet=True)  # noqa: E731
-        response = call_api(upload, f"upload of the code to {ref}", opts.kaggle)
+        response = call_api(
+            lambda: (
+                api.dataset_create_new(str(folder), public=False, quiet=True)
+                if names is None
+                else api.dataset_create_version(str(folder), f"source {digest}", quiet=True)
+            ),
+            f"upload of the code to {ref}",
+            opts.kaggle,
+        )
         if response.error:
             raise PipelineError(f"Kaggle refused the code dataset {ref}: {response.error}")
         wait_until_ready(api, ref, opts)

@@ -162,7 +162,7 @@ class Sweep:
 
     def __init__(self, api: KaggleApi, user: str, opts: Any, notebooks: list[Notebook]) -> None:
         self.api, self.user, self.opts, self.notebooks = api, user, opts, notebooks
-        self.source_hash = code_dataset.source_hash(code_dataset.source_root())
+        self.source_hash = code_dataset.source_hash(code_dataset.source_root(), code_dataset.extra_wheels(opts))
         self.code: code_dataset.CodeDataset | None = None
 
     def run(self) -> None:
