@@ -121,6 +121,7 @@ class TrainConfig:
     callbacks: list[Any] = field(default_factory=list)
     variant: str | None = None
     fold: int | None = None
+    time_budget_h: float | None = None
     seed: int | None = None
     mixup: Mix = Mix.none
     mixup_alpha: float | None = None
@@ -545,6 +546,43 @@ class SubmitAppConfig(AppConfig):
     submit: SubmitConfig = field(default_factory=SubmitConfig)
 
 
+# --- Training in Kaggle notebooks: hydra/launcher=kaggle (conf/hydra/launcher/kaggle.yaml), pipeline.kernels ---
+
+
+@dataclass
+class KaggleLauncherConfig:
+    _target_: str = "hydra_plugins.pipeline_kaggle_launcher.kaggle_launcher.KaggleLauncher"
+    ledger: str = "${paths.outputs}/kaggle_kernels.json"
+    max_parallel: int = 2
+    max_sessions: int = 3
+    time_budget_h: float = 11.0
+    accelerator: str | None = "NvidiaTeslaT4"
+    internet: bool = True
+    code_dataset: str = "paddy-pipeline-code"
+    wheels: str | None = None
+    prefix: str = "paddy"
+    datasets: list[str] = field(default_factory=list)
+    poll_s: float = 60.0
+    max_poll_s: float = 600.0
+    retry_failed: bool = False
+    kaggle: KaggleConfig = field(default_factory=KaggleConfig)
+
+
+@dataclass
+class KernelsConfig:
+    ledger: str = "${paths.outputs}/kaggle_kernels.json"
+    refresh: bool = True
+
+
+@dataclass
+class KernelsAppConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    kaggle: KaggleConfig = field(default_factory=KaggleConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
+
+
 def register_kaggle_configs(cs: ConfigStore) -> None:
     cs.store(name="download_schema", node=DownloadAppConfig)
     cs.store(name="submit_schema", node=SubmitAppConfig)
+    cs.store(name="kernels_schema", node=KernelsAppConfig)
+    cs.store(group="hydra/launcher", name="kaggle_schema", node=KaggleLauncherConfig)

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 class PipelineError(Exception):
     """Bad input or a missing prerequisite: the message says what is wrong and what to do."""
 
+    exit_code = 2  # what the CLI exits with; a subclass may say more (3: stopped by a time budget)
+
 
 def one_line(e: BaseException) -> str:
     """The gist of an exception: fastai prefixes callback errors with a line naming the callback."""
@@ -48,11 +50,12 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def exit_on_error(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a CLI's task: a PipelineError becomes one line on stderr and exit code 2 (in a multirun,
-    a logged line and a JobFailed result, as is any other exception, its traceback kept in the job's
-    folder); SIGTERM interrupts like Ctrl-C, so that temporary files are cleaned up and finished files
-    kept. (Under SLURM, submitit's own handler of the time-out signal, USR2, is left alone: it requeues
-    the job and exits, and the requeued job resumes from its epoch checkpoint.)"""
+    """Run a CLI's task: a PipelineError becomes one line on stderr and exit code 2, or the error's own
+    exit_code (in a multirun, a logged line and a JobFailed result, as is any other exception, its
+    traceback kept in the job's folder); SIGTERM interrupts like Ctrl-C, so that temporary files are
+    cleaned up and finished files kept. (Under SLURM, submitit's own handler of the time-out signal,
+    USR2, is left alone: it requeues the job and exits, and the requeued job resumes from its epoch
+    checkpoint.)"""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -66,7 +69,7 @@ def exit_on_error(fn: Callable[..., Any]) -> Callable[..., Any]:
                 failed.runs = tuple(getattr(e, "runs", ()))
                 return failed
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(e.exit_code)
         except Exception as e:
             if not _in_multirun():
                 raise

@@ -16,8 +16,16 @@ register_configs()
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @exit_on_error
 def main(cfg) -> list[dict]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from pipeline.errors import PipelineError
     from pipeline.training.runner import train_model
 
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.RUN and str(hydra_cfg.launcher.get("_target_", "")).endswith(".KaggleLauncher"):
+        # Hydra hands a single run to no launcher: without -m this would train here, not on Kaggle
+        raise PipelineError("hydra/launcher=kaggle launches a sweep's jobs: add -m (python -m pipeline.train -m ...)")
     return [result.summary() for result in train_model(cfg)]  # for a multirun's report
 
 

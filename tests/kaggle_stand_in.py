@@ -1,7 +1,8 @@
 """A loopback stand-in for the parts of the Kaggle API this project uses.
 
-It lets tests drive the real ``kaggle`` client (checked against kaggle 2.2.4 + kagglesdk 0.1.37)
-without internet. Standard library only; it only ever binds 127.0.0.1.
+It lets tests drive the real ``kaggle`` client (checked against kaggle 2.2.4 + kagglesdk 0.1.37; the
+datasets and notebooks part against kaggle 2.2.5 + kagglesdk 0.1.38) without internet. Standard library
+only; it only ever binds 127.0.0.1. Notebooks pushed to it run for real (see "Notebooks" below).
 
 How the client is pointed here
 ------------------------------
@@ -62,6 +63,50 @@ fields (camelCase), headers ``Content-Type: application/json``, ``Authorization`
   "nextPageToken"}``. Scores are strings (an absent score reads back as ``""``), ``date`` is ISO with
   ``Z``, and ``status`` comes back as ``kagglesdk...SubmissionStatus``.
 
+Datasets (the code of hydra/launcher=kaggle)
+-------------------------------------------
+* ``dataset_list_files("owner/slug", page_size=N)``: ``POST datasets.DatasetApiService/ListDatasetFiles
+  {"ownerSlug", "datasetSlug", "pageSize"[, "pageToken"]}`` -> ``{"datasetFiles": [{"name", "totalBytes"}],
+  "nextPageToken"}`` (the latest version's files); 404 when there is no such dataset.
+* ``dataset_create_new(folder, public=False)`` reads ``dataset-metadata.json`` (``id``, ``title``, one
+  ``licenses`` entry; slug and title 6-50 characters), first asks ``GetDatasetStatus`` (any HTTP error = the
+  slug is free), then uploads every file of the folder (not sub-folders unless ``dir_mode``) as a blob:
+  ``POST blobs.BlobApiService/StartBlobUpload {"type": "DATASET", "name", "contentLength",
+  "lastModifiedEpochSeconds"}`` -> ``{"token", "createUrl"}`` and a ``PUT createUrl`` (no auth; 200/201 =
+  done; upload state is kept in ``$TMPDIR/.kaggle-uploads-<uid>/`` to resume), then ``POST
+  .../CreateDataset {"ownerSlug", "slug", "title", "licenseName", "isPrivate", "files": [{"token"}]}``
+  (wrapped in the client's own ``with_retry``) -> ``{"ref", "url", "status", "error"}``; an error comes
+  back in ``error``, not as an HTTP status. ``dataset_create_version(folder, notes)`` does the same with
+  ``CreateDatasetVersion {"ownerSlug", "datasetSlug", "body": {"versionNotes", "files"}}``.
+* ``dataset_status("owner/slug")``: ``GetDatasetStatus {"ownerSlug", "datasetSlug"}`` -> ``{"status":
+  "READY"}`` (a ``DatabundleVersionStatus`` name; the client returns it lowercased); here the first
+  ``dataset_ready_polls`` answers after an upload are ``BLOBS_RECEIVED``.
+
+Notebooks (kernels)
+-------------------
+* ``kernels_push(folder, acc=...)`` reads ``kernel-metadata.json`` and ``code_file`` and sends ``POST
+  kernels.KernelsApiService/SaveKernel {"slug": "owner/slug", "newTitle", "text", "language",
+  "kernelType", "isPrivate", "enableGpu", "enableInternet", "datasetDataSources",
+  "competitionDataSources", "kernelDataSources", "machineShape"}`` (empty lists are not sent) ->
+  ``{"ref", "url", "versionNumber", "error", "invalidDatasetSources", ...}``. Not retried by the client.
+* ``kernels_status("owner/slug/N")``: ``GetKernelSessionStatus {"userName", "kernelSlug", "versionLabel":
+  "vN"}`` -> ``{"status": "QUEUED"|"RUNNING"|"COMPLETE"|"ERROR"|..., "failureMessage"}``.
+* ``kernels_output("owner/slug/N", path, file_pattern=regex)``: ``ListKernelSessionOutput {"userName",
+  "kernelSlug", "versionLabel", "pageSize": 20[, "pageToken"]}`` -> ``{"files": [{"fileName", "url"}],
+  "log", "nextPageToken"}``; every page is listed, only names matching the pattern are fetched with a plain
+  ``GET url`` (a signed storage URL: no auth), and a non-empty ``log`` is written as ``<slug>.log``.
+  ``fileName`` is the path under ``/kaggle/working``. The log is a JSON list of ``{"stream_name", "time",
+  "data"}`` events, as Kaggle serves it.
+* ``quota_view()``: ``GetAcceleratorQuotaStatistics {}`` -> ``{"gpuQuota": {"timeUsed": "123.4s",
+  "totalTimeAllowed": "108000s"}, "quotaRefreshTime"}``.
+
+A pushed notebook runs for real, in a thread: its input is laid out under ``kernels_dir/<slug>/v<N>/input``
+(the competition as a read-only copy of ``competition_root``, made once; each dataset's latest files; each
+``kernel_sources`` notebook's last complete output), the script's ``Path("/kaggle/input")``,
+``Path("/kaggle/working")`` and ``Path("/kaggle/temp")`` are mapped to that session's folders, and it runs
+with this Python (``sys.executable``) and a bare environment (no credentials, ``PIP_NO_INDEX=1``: no
+internet here). Exit 0 is COMPLETE, anything else ERROR; the files left in its working folder are its output.
+
 Errors as the client raises them
 --------------------------------
 Any 4xx/5xx (or a JSON body with ``"code" >= 400``) raises ``requests.exceptions.HTTPError`` with
@@ -91,15 +136,22 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
+import hashlib
 import json
+import os
 import secrets
+import shutil
+import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 # Credentials the stand-in accepts; fake, never valid on Kaggle.
 USERNAME, KEY = "stand-in-user", "0123456789abcdef-secret"
@@ -108,6 +160,16 @@ RULES_NOT_ACCEPTED = "You must accept this competition's rules before you'll be 
 UPLOAD_FAILED_MESSAGE = "Could not submit to competition"
 COMPETITION_SERVICE = "competitions.CompetitionApiService"
 OAUTH_SERVICE = "security.OAuthService"
+SERVICES = (
+    COMPETITION_SERVICE,
+    OAUTH_SERVICE,
+    "datasets.DatasetApiService",
+    "blobs.BlobApiService",
+    "kernels.KernelsApiService",
+)
+# Where a Kaggle notebook finds things, and the lines of the pushed script that say so: the stand-in
+# runs the script with these mapped to temporary folders (a container's bind mounts, in effect).
+KAGGLE_MOUNTS = ("/kaggle/input", "/kaggle/working", "/kaggle/temp")
 # RPCs that need the competition rules accepted (ListSubmissions does not).
 _NEEDS_RULES = {"DownloadDataFiles", "StartSubmissionUpload", "CreateSubmission"}
 
@@ -137,6 +199,38 @@ class Submission:
 
 
 @dataclass
+class Dataset:
+    ref: str  # owner/slug
+    title: str
+    private: bool
+    versions: list[dict[str, bytes]]  # per version: file name -> bytes
+    status_polls: int = 0  # GetDatasetStatus calls since the latest version
+
+
+@dataclass
+class KernelVersion:
+    number: int
+    request: dict  # the SaveKernel body: text, sources, flags
+    status: str = "QUEUED"  # QUEUED, RUNNING, COMPLETE, ERROR
+    root: Path | None = None  # input/, working/, temp/ of the session
+    log: list[dict] = field(default_factory=list)  # Kaggle's log: {stream_name, time, data} events
+    returncode: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def working(self) -> Path:
+        assert self.root is not None
+        return self.root / "working"
+
+    def outputs(self) -> list[str]:
+        """The files the session left in its working folder, as Kaggle lists a notebook's output."""
+        if self.status not in ("COMPLETE", "ERROR") or self.root is None:
+            return []
+        found = (p for p in self.working.rglob("*") if p.is_file() and not p.is_symlink())
+        return sorted(p.relative_to(self.working).as_posix() for p in found)
+
+
+@dataclass
 class Fault:
     status: int
     times: int = 1
@@ -161,6 +255,8 @@ class KaggleStandIn:
         key: str = "stand-in-key",
         token: str | None = None,
         port: int = 0,
+        competition_root: Path | None = None,
+        kernels_dir: Path | None = None,
     ) -> None:
         self.competition = competition
         self.data_zip = data_zip
@@ -184,6 +280,20 @@ class KaggleStandIn:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Datasets and notebooks. A pushed notebook runs for real: its script, with this Python, on a
+        # read-only copy of `competition_root` mounted as the competition, in folders under `kernels_dir`.
+        self.competition_root = competition_root
+        self.kernels_dir = kernels_dir
+        self.python = sys.executable
+        self.dataset_ready_polls = 1  # GetDatasetStatus says BLOBS_RECEIVED this many times, then READY
+        self.push_error = ""  # SaveKernel answers {"error": push_error} when set
+        self.kernel_timeout_s = 600.0
+        self.gpu_quota_s = 30 * 3600
+        self.datasets: dict[str, Dataset] = {}
+        self.kernels: dict[str, list[KernelVersion]] = {}  # owner/slug -> its versions
+        self.competition_copy: Path | None = None  # what notebooks see as /kaggle/input/<competition>
+        self.competition_digest = ""  # of competition_copy when it was made
+        self._processes: list[subprocess.Popen] = []
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -200,6 +310,9 @@ class KaggleStandIn:
         return self
 
     def stop(self) -> None:
+        for proc in self._processes:
+            if proc.poll() is None:
+                proc.kill()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -261,6 +374,8 @@ class KaggleStandIn:
         return status, payload, {}
 
     def _answer(self, method: str, body: dict) -> tuple[int, dict]:
+        if method in _NOTEBOOK_RPCS:
+            return getattr(self, _NOTEBOOK_RPCS[method])(body)
         if method == "IntrospectToken":
             if self.token is not None and body.get("token") == self.token:
                 return 200, {"active": True, "username": self.username, "scope": "resources.admin:*"}
@@ -294,6 +409,236 @@ class KaggleStandIn:
             return 200, {"submissions": [self._describe(s) for s in reversed(self.submissions)]}
         return 404, {"code": 404, "message": f"Stand-in does not implement {method}"}
 
+    # -- datasets, blobs and notebooks -----------------------------------------------------------------
+
+    def _own(self, owner: str | None) -> tuple[int, dict] | None:
+        if owner != self.username:
+            return 403, {"code": 403, "message": f"Permission denied: {owner} is not {self.username}"}
+        return None
+
+    def _start_blob_upload(self, body: dict) -> tuple[int, dict]:
+        token = secrets.token_hex(8)
+        with self._lock:
+            self._upload_names[token] = body.get("name", "")
+        return 200, {"token": token, "createUrl": f"{self.base_url}/upload/{token}"}
+
+    def _uploaded_files(self, files: list[dict]) -> dict[str, bytes] | None:
+        tokens = [f.get("token") for f in files]
+        if not tokens or any(t not in self.uploads for t in tokens):
+            return None
+        return {self._upload_names[t]: self.uploads[t] for t in tokens}
+
+    def _create_dataset(self, body: dict) -> tuple[int, dict]:
+        owner, slug = body.get("ownerSlug"), body.get("slug", "")
+        if denied := self._own(owner):
+            return denied
+        ref = f"{owner}/{slug}"
+        if ref in self.datasets:
+            return 200, {"error": f'The requested slug "{slug}" is already in use by a dataset.'}
+        files = self._uploaded_files(body.get("files", []))
+        if files is None:
+            return 200, {"error": "Blob file token not found (file was not uploaded)"}
+        with self._lock:
+            self.datasets[ref] = Dataset(ref, body.get("title", ""), body.get("isPrivate", False), [files])
+        return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "Ok"}
+
+    def _create_dataset_version(self, body: dict) -> tuple[int, dict]:
+        owner, slug = body.get("ownerSlug"), body.get("datasetSlug", "")
+        if denied := self._own(owner):
+            return denied
+        dataset = self.datasets.get(f"{owner}/{slug}")
+        if dataset is None:
+            return 404, {"code": 404, "message": f"Dataset {owner}/{slug} not found"}
+        files = self._uploaded_files(body.get("body", {}).get("files", []))
+        if files is None:
+            return 200, {"error": "Blob file token not found (file was not uploaded)"}
+        with self._lock:
+            dataset.versions.append(files)
+            dataset.status_polls = 0
+        return 200, {"ref": dataset.ref, "url": f"https://www.kaggle.com/datasets/{dataset.ref}", "status": "Ok"}
+
+    def _dataset(self, body: dict) -> Dataset | None:
+        return self.datasets.get(f"{body.get('ownerSlug')}/{body.get('datasetSlug')}")
+
+    def _get_dataset_status(self, body: dict) -> tuple[int, dict]:
+        dataset = self._dataset(body)
+        if dataset is None:
+            return 404, {"code": 404, "message": "Dataset not found"}
+        with self._lock:
+            dataset.status_polls += 1
+            ready = dataset.status_polls > self.dataset_ready_polls
+        return 200, {"status": "READY" if ready else "BLOBS_RECEIVED"}
+
+    def _list_dataset_files(self, body: dict) -> tuple[int, dict]:
+        dataset = self._dataset(body)
+        if dataset is None:
+            return 404, {"code": 404, "message": "Dataset not found"}
+        names = sorted(dataset.versions[-1])
+        start, size = int(body.get("pageToken") or 0), int(body.get("pageSize") or 20)
+        page = [{"name": n, "totalBytes": len(dataset.versions[-1][n])} for n in names[start : start + size]]
+        more = start + size < len(names)
+        return 200, {"datasetFiles": page, **({"nextPageToken": str(start + size)} if more else {})}
+
+    def _save_kernel(self, body: dict) -> tuple[int, dict]:
+        ref = body.get("slug", "")
+        if denied := self._own(ref.split("/")[0]):
+            return denied
+        if self.push_error:
+            return 200, {"error": self.push_error}
+
+        def has_output(kernel: str) -> bool:
+            return any(v.status == "COMPLETE" for v in self.kernels.get(kernel, []))
+
+        invalid = {
+            "invalidCompetitionSources": [c for c in body.get("competitionDataSources", []) if c != self.competition],
+            "invalidDatasetSources": [d for d in body.get("datasetDataSources", []) if d not in self.datasets],
+            "invalidKernelSources": [k for k in body.get("kernelDataSources", []) if not has_output(k)],
+        }
+        if any(invalid.values()):
+            return 200, {k: v for k, v in invalid.items() if v}
+        with self._lock:
+            versions = self.kernels.setdefault(ref, [])
+            version = KernelVersion(len(versions) + 1, body)
+            versions.append(version)
+        threading.Thread(target=self._run_kernel, args=(ref, version), name=f"kernel-{ref}", daemon=True).start()
+        owner, slug = ref.split("/")
+        return 200, {
+            "ref": f"/code/{owner}/{slug}",
+            "url": f"https://www.kaggle.com/code/{owner}/{slug}",
+            "versionNumber": version.number,
+        }
+
+    def _kernel_version(self, body: dict) -> KernelVersion | None:
+        versions = self.kernels.get(f"{body.get('userName')}/{body.get('kernelSlug')}", [])
+        label = body.get("versionLabel")
+        if label is None:
+            return versions[-1] if versions else None
+        return next((v for v in versions if f"v{v.number}" == label), None)
+
+    def _get_kernel_session_status(self, body: dict) -> tuple[int, dict]:
+        version = self._kernel_version(body)
+        if version is None:
+            return 404, {"code": 404, "message": "Notebook not found"}
+        return 200, {"status": version.status}
+
+    def _list_kernel_session_output(self, body: dict) -> tuple[int, dict]:
+        version = self._kernel_version(body)
+        if version is None:
+            return 404, {"code": 404, "message": "Notebook not found"}
+        ref = f"{body['userName']}/{body['kernelSlug']}"
+        names = version.outputs()
+        start, size = int(body.get("pageToken") or 0), int(body.get("pageSize") or 20)
+        files = [
+            {"fileName": n, "url": f"{self.base_url}/kernel-output/{ref}/{version.number}/{n}"}
+            for n in names[start : start + size]
+        ]
+        answer = {"files": files, "log": json.dumps(version.log) if version.log else ""}
+        if start + size < len(names):
+            answer["nextPageToken"] = str(start + size)
+        return 200, answer
+
+    def _get_accelerator_quota_statistics(self, body: dict) -> tuple[int, dict]:
+        used = sum(v.seconds for versions in self.kernels.values() for v in versions)
+        quota = {"timeUsed": f"{used:.3f}s", "totalTimeAllowed": f"{self.gpu_quota_s}s"}
+        return 200, {"gpuQuota": quota, "quotaRefreshTime": "2030-01-01T00:00:00Z"}
+
+    def _kernel_output_file(self, path: str) -> tuple[int, bytes]:
+        _, owner, slug, number, name = path.split("/", 4)
+        versions = self.kernels.get(f"{owner}/{slug}", [])
+        version = next((v for v in versions if str(v.number) == number), None)
+        if version is None or unquote(name) not in version.outputs():
+            return 404, b"no such output file"
+        return 200, (version.working / unquote(name)).read_bytes()
+
+    # -- running a notebook --------------------------------------------------------------------------
+
+    def _competition_input(self) -> Path:
+        """A read-only copy of competition_root, made once: the notebooks' competition data."""
+        with self._lock:
+            if self.competition_copy is None:
+                assert self.competition_root and self.kernels_dir, "notebooks need competition_root and kernels_dir"
+                copy = self.kernels_dir / "competition-input" / self.competition
+                shutil.copytree(self.competition_root, copy)
+                _read_only(copy)
+                self.competition_copy, self.competition_digest = copy, tree_digest(copy)
+            return self.competition_copy
+
+    def _run_kernel(self, ref: str, version: KernelVersion) -> None:
+        try:
+            self._run_session(ref, version)
+        except Exception as e:  # the stand-in's own failure: an errored session saying why, not a hang
+            version.log.append({"stream_name": "stderr", "time": 0, "data": f"stand-in: {type(e).__name__}: {e}\n"})
+            version.status = "ERROR"
+
+    def _run_session(self, ref: str, version: KernelVersion) -> None:
+        """Lay out the session's input (competition, datasets, notebooks' outputs, all read-only), run the
+        pushed script with the mounts mapped, and keep its log and working folder as the output."""
+        request, slug = version.request, ref.split("/")[1]
+        root = self.kernels_dir / slug / f"v{version.number}"
+        version.root = root
+        inputs = root / "input"
+        inputs.mkdir(parents=True)
+        for name in request.get("competitionDataSources", []):
+            (inputs / name).symlink_to(self._competition_input(), target_is_directory=True)
+        for name in request.get("datasetDataSources", []):
+            folder = inputs / name.split("/")[1]
+            folder.mkdir()
+            for file_name, content in self.datasets[name].versions[-1].items():
+                (folder / file_name).write_bytes(content)
+            _read_only(folder)
+        for name in request.get("kernelDataSources", []):
+            last = [v for v in self.kernels[name] if v.status == "COMPLETE"][-1]
+            shutil.copytree(last.working, inputs / name.split("/")[1], symlinks=True)
+            _read_only(inputs / name.split("/")[1])
+        script = request.get("text", "")
+        for kaggle_path, local in zip(KAGGLE_MOUNTS, ("input", "working", "temp"), strict=True):
+            script = script.replace(f'Path("{kaggle_path}")', f"Path({str(root / local)!r})")
+        (root / "working").mkdir()
+        (root / "temp").mkdir()
+        (root / "home").mkdir()
+        (root / "code.py").write_text(script)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(root / "home"),
+            "LANG": "C.UTF-8",
+            "KAGGLE_KERNEL_RUN_TYPE": "Batch",
+            "PIP_NO_INDEX": "1",  # no internet here: pip may only use local files
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",  # notebooks share this machine's cores; on Kaggle each has its own
+        }
+        started = time.monotonic()
+        version.status = "RUNNING"
+        proc = subprocess.Popen(
+            [self.python, str(root / "code.py")],
+            cwd=root / "working",
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+        self._processes.append(proc)
+        readers = [
+            threading.Thread(target=self._read_log, args=(version, stream, name, started), daemon=True)
+            for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            version.returncode = proc.wait(timeout=self.kernel_timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            version.returncode = proc.wait()
+        for reader in readers:
+            reader.join()
+        version.seconds = time.monotonic() - started
+        version.status = "COMPLETE" if version.returncode == 0 else "ERROR"
+
+    def _read_log(self, version: KernelVersion, stream, name: str, started: float) -> None:
+        for line in stream:
+            with self._lock:
+                version.log.append({"stream_name": name, "time": round(time.monotonic() - started, 3), "data": line})
+
     def _describe(self, sub: Submission) -> dict:
         with self._lock:
             sub.polls += 1
@@ -314,6 +659,35 @@ class KaggleStandIn:
             if self.private_score:
                 row["privateScore"] = self.private_score
         return row
+
+
+_NOTEBOOK_RPCS = {
+    "StartBlobUpload": "_start_blob_upload",
+    "CreateDataset": "_create_dataset",
+    "CreateDatasetVersion": "_create_dataset_version",
+    "GetDatasetStatus": "_get_dataset_status",
+    "ListDatasetFiles": "_list_dataset_files",
+    "SaveKernel": "_save_kernel",
+    "GetKernelSessionStatus": "_get_kernel_session_status",
+    "ListKernelSessionOutput": "_list_kernel_session_output",
+    "GetAcceleratorQuotaStatistics": "_get_accelerator_quota_statistics",
+}
+
+
+def _read_only(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def tree_digest(root: Path) -> str:
+    """Names, modes and bytes of every file under `root`: equal digests, unchanged tree."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        h.update(f"{path.relative_to(root)}\0{path.stat().st_mode:o}\0".encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -357,6 +731,8 @@ class _Handler(BaseHTTPRequestHandler):
             endpoint = "blob"
         elif path.startswith("/upload/"):
             endpoint = "upload"
+        elif path.startswith("/kernel-output/"):
+            endpoint = "kernel-output"
         else:
             endpoint = parts[-1]
         record = RecordedRequest(
@@ -381,13 +757,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._blob(record)
         if endpoint == "upload":
             return self._upload(record, parts[-1])
+        if endpoint == "kernel-output":  # a signed storage URL on Kaggle: no credentials needed
+            status, content = s._kernel_output_file(path.strip("/"))
+            return self._send(record, status, content, "application/octet-stream")
 
         # LOCAL/TEST clients use /api/v1/<service>/<Method>; PROD uses /v1/...
-        is_rpc = (
-            self.command == "POST"
-            and parts[:-2] in (["api", "v1"], ["v1"])
-            and parts[-2] in (COMPETITION_SERVICE, OAUTH_SERVICE)
-        )
+        is_rpc = self.command == "POST" and parts[:-2] in (["api", "v1"], ["v1"]) and parts[-2] in SERVICES
         if not is_rpc:
             return self._send(record, 404, {"code": 404, "message": f"No route for {self.command} {path}"})
         if parts[-2] != OAUTH_SERVICE and not s._authorized(self.headers.get("Authorization")):

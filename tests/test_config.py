@@ -122,7 +122,7 @@ def test_cli_modules_do_not_import_heavy_libraries():
     code = (
         "import sys, pipeline.train, pipeline.blend, pipeline.ensemble.writing, pipeline.training.runner,"
         " pipeline.prepare_demo, pipeline.probe, pipeline.training.memory_probe, pipeline.bench,"
-        " pipeline.fast.benchmark;"
+        " pipeline.fast.benchmark, pipeline.kernels, hydra_plugins.pipeline_kaggle_launcher.kaggle_launcher;"
         "print(sorted(m for m in ('fastai', 'timm', 'kaggle') if m in sys.modules))"
     )
     out = _cli("-c", code)
@@ -264,6 +264,7 @@ ROOT_SCHEMAS = {
     "prepare_demo": "PrepareDemoAppConfig",
     "download": "DownloadAppConfig",
     "submit": "SubmitAppConfig",
+    "kernels": "KernelsAppConfig",
 }
 
 
@@ -365,3 +366,18 @@ def test_a_missing_variant_or_fold_is_one_clear_error(overrides, message):
     with pytest.raises(PipelineError) as err:
         resolve_runs(compose("config", ["+model=vit_large", *overrides]))
     assert str(err.value) == message
+
+
+def test_kaggle_launcher_yaml_agrees_with_its_schema():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pipeline.config import KaggleLauncherConfig, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("config", ["hydra/launcher=kaggle"], return_hydra_config=True)
+    assert dict(_leaves(cfg.hydra.launcher)) == dict(_leaves(OmegaConf.structured(KaggleLauncherConfig)))
+    with pytest.raises(ConfigCompositionException), initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra_compose("config", ["hydra/launcher=kaggle", "hydra.launcher.max_parallel=many"], return_hydra_config=True)

@@ -97,6 +97,21 @@ def test_a_corrupt_or_partial_cache_is_rebuilt(photos, tmp_path, damage):
         np.testing.assert_array_equal(np.asarray(cache(p)), plain(p, RUN))
 
 
+def test_in_kaggles_working_folder_the_cache_keeps_to_its_20_gb(photos, tmp_path, monkeypatch, caplog):
+    from pipeline.fast import image_cache
+
+    working, needed = tmp_path / "working", 4 * 96 * 96 * 3
+    (working / "outputs").mkdir(parents=True)
+    (working / "outputs" / "epoch1.pth").write_bytes(b"\0" * 50_000)  # the disk itself has plenty free
+    monkeypatch.setattr(image_cache, "KAGGLE_WORKING", working)
+    monkeypatch.setattr(image_cache, "KAGGLE_WORKING_BYTES", 50_000 + 2 * needed - 1)
+    assert open_cache(working / "cache", RUN, photos).rows == {}
+    assert "not caching images" in caplog.text
+
+    monkeypatch.setattr(image_cache, "KAGGLE_WORKING_BYTES", 50_000 + 2 * needed)
+    assert len(open_cache(working / "cache", RUN, photos).rows) == 4
+
+
 def test_cache_survives_pickling_for_dataloader_workers(photos, tmp_path):
     import pickle
 

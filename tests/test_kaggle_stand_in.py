@@ -8,8 +8,11 @@ separate processes (e.g. pytest-xdist), not threads.
 from __future__ import annotations
 
 import io
+import json
 import os
+import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import requests
@@ -266,3 +269,68 @@ def test_server_not_running_is_connection_error(api, stand_in, tmp_path):
 
     assert "Connection refused" in str(exc.value)
     assert isinstance(exc.value, OSError)  # requests' RequestException derives from IOError
+
+
+def test_a_pushed_notebook_runs_for_real_and_its_output_and_log_come_back(kaggle_env, tmp_path):
+    competition = tmp_path / "competition"
+    competition.mkdir()
+    (competition / "sample_submission.csv").write_text("image_id,label\n")
+    with (
+        KaggleStandIn(COMPETITION, b"", USERNAME, KEY, competition_root=competition, kernels_dir=tmp_path / "k") as s,
+        route_kaggle_api(s.base_url),
+    ):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        api.authenticate()
+        data = tmp_path / "dataset"
+        data.mkdir()
+        (data / "hello.txt").write_text("from a dataset")
+        ref = f"{USERNAME}/hello-data"
+        (data / "dataset-metadata.json").write_text(
+            json.dumps({"id": ref, "title": "hello-data", "licenses": [{"name": "other"}]})
+        )
+        assert not api.dataset_create_new(str(data), quiet=True).error
+        assert [f.name for f in api.dataset_list_files(ref).dataset_files] == ["hello.txt"]
+        assert [api.dataset_status(ref), api.dataset_status(ref)] == ["blobs_received", "ready"]
+
+        notebook = tmp_path / "notebook"
+        notebook.mkdir()
+        (notebook / "run.py").write_text(
+            "from pathlib import Path\n"
+            'INPUT, WORKING = Path("/kaggle/input"), Path("/kaggle/working")\n'
+            'text = (INPUT / "hello-data" / "hello.txt").read_text()\n'
+            'rows = (INPUT / "paddy-disease-classification" / "sample_submission.csv").read_text()\n'
+            '(WORKING / "out").mkdir()\n'
+            '(WORKING / "out" / "a.txt").write_text(text + " " + rows)\n'
+            '(WORKING / "b.txt").write_text("not fetched")\n'
+            'print("done")\n'
+        )
+        metadata = {
+            "id": f"{USERNAME}/hello-notebook",
+            "title": "hello-notebook",
+            "code_file": "run.py",
+            "language": "python",
+            "kernel_type": "script",
+            "dataset_sources": [ref],
+            "competition_sources": [COMPETITION],
+        }
+        (notebook / "kernel-metadata.json").write_text(json.dumps(metadata))
+        pushed = api.kernels_push(str(notebook), acc="NvidiaTeslaT4")
+        assert pushed.version_number == 1 and not pushed.error
+        kernel = f"{USERNAME}/hello-notebook/1"
+        deadline = time.monotonic() + 60
+        while api.kernels_status(kernel).status.name not in ("COMPLETE", "ERROR"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert api.kernels_status(kernel).status.name == "COMPLETE"
+
+        files, _ = api.kernels_output(kernel, path=str(tmp_path / "got"), file_pattern=r"^out/", quiet=True)
+
+    got = sorted(Path(f).relative_to(tmp_path / "got").as_posix() for f in files)
+    assert got == ["hello-notebook.log", "out/a.txt"]
+    assert (tmp_path / "got" / "out" / "a.txt").read_text() == "from a dataset image_id,label\n"
+    log = json.loads((tmp_path / "got" / "hello-notebook.log").read_text())
+    assert [(e["stream_name"], e["data"]) for e in log] == [("stdout", "done\n")]
+    (save,) = [r.json for r in s.requests if r.endpoint == "SaveKernel"]
+    assert save["machineShape"] == "NvidiaTeslaT4" and save["datasetDataSources"] == [ref]

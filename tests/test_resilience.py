@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline import predictions
-from pipeline.training.runner import RunsFailed, train_model
+from pipeline.training.runner import RunsFailed, RunsStopped, train_model
 from tests.conftest import REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
@@ -158,3 +158,32 @@ def test_a_broken_weights_file_fails_its_job_while_the_sweep_goes_on(demo_root, 
     assert "Traceback" not in out.stderr
     assert [p.name for p in (tmp_path / "preds").iterdir()] == ["tiny_squish32_32.pt"]
     assert predictions.load(tmp_path / "preds" / "tiny_squish32_32.pt").config["model"]["weights"] == str(good)
+
+
+def test_a_time_budget_stops_at_an_epoch_boundary_and_the_next_attempt_continues(
+    demo_root, weights_dir, tmp_path, caplog
+):
+    preds, ckpts = tmp_path / "preds", tmp_path / "outputs" / "checkpoints"
+    overrides = [
+        *tiny_run_overrides(demo_root, weights_dir, preds),
+        f"paths.outputs={tmp_path / 'outputs'}",
+        "train.epochs=2",
+        "train.time_budget_h=1.0e-6",  # spent by the first epoch
+        "model.variants=[{resize: squish, item_size: [32], size: [32]}, {resize: pad, item_size: [32], size: [32]}]",
+    ]
+    with caplog.at_level(logging.INFO), pytest.raises(RunsStopped) as stopped:
+        train_model(compose("config", overrides))
+    assert stopped.value.exit_code == 3
+    assert "2 of 2 runs stopped by train.time_budget_h=1e-06 (tiny_squish32_32, tiny_pad32_32)" in str(stopped.value)
+    assert "run tiny_pad32_32: not started" in caplog.text
+    assert "tiny_squish32_32  stopped: time budget" in caplog.text
+    assert not preds.exists() or not list(preds.iterdir())  # no prediction file for a stopped run
+    (folder,) = ckpts.iterdir()  # the frozen epoch and one of the two unfrozen ones: checkpointed, then stopped
+    assert folder.name.startswith("tiny_squish32_32-") and [p.name for p in folder.iterdir()] == ["epoch1.pth"]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.raises(RunsStopped, match="1 of 2 runs stopped"):
+        train_model(compose("config", overrides))
+    assert "run tiny_squish32_32: resuming from" in caplog.text and "(1 of 2 epochs done)" in caplog.text
+    assert [p.name for p in preds.iterdir()] == ["tiny_squish32_32.pt"]  # its last epoch is never cut
+    assert "run tiny_pad32_32: not started" in caplog.text

@@ -41,21 +41,21 @@ class Competition:
     @cached_property
     def fingerprint(self) -> str:
         """The data a run trains and predicts on, as first asked for: the training images with their
-        label folders and the test images in the sample submission's order, each with its size and
-        mtime. Paths are taken relative to the data folder, so the same files moved or mounted
-        elsewhere (a copy that keeps mtimes: cp -a, rsync -a, unzip) keep finished runs."""
-        return fingerprint([*self.train_files, *self.test_files], self.root)
+        label folders and the test images in the sample submission's order, each with its size. Paths
+        are relative to the data folder and mtimes left out, so the same competition moved, copied or
+        mounted elsewhere (Kaggle's /kaggle/input) keeps finished runs; a rewritten JPEG changes size."""
+        return fingerprint([*self.train_files, *self.test_files], self.root, mtimes=False)
 
 
-def fingerprint(files: Iterable[Path], root: Path | None = None) -> str:
-    """A hash of each file's path (relative to `root`, else absolute), size and mtime, in order: it
-    changes when a file is added, removed, renamed, moved to another folder or rewritten. One stat
-    a file; the images are not read."""
+def fingerprint(files: Iterable[Path], root: Path | None = None, *, mtimes: bool = True) -> str:
+    """A hash of each file's path (relative to `root`, else absolute), size and (with `mtimes`) mtime,
+    in order: it changes when a file is added, removed, renamed, moved to another folder or rewritten.
+    One stat a file; the images are not read."""
     h = hashlib.sha256()
     for f in files:
         st = f.stat()
         name = f.relative_to(root) if root is not None else f.resolve()
-        h.update(f"\0{name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        h.update(f"\0{name}\0{st.st_size}\0{st.st_mtime_ns if mtimes else ''}".encode())
     return h.hexdigest()
 
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+KAGGLE_WORKING, KAGGLE_WORKING_BYTES = Path("/kaggle/working"), 20 * 10**9  # a Kaggle notebook's saved output
 
 
 def resize_is_deterministic(source_wh: tuple[int, int], resize: str, item_size: tuple[int, ...]) -> bool:
@@ -151,6 +152,16 @@ def _build(array_path: Path, run: RunSpec, files: list[Path], shape: tuple[int, 
         os.close(fd)
 
 
+def free_bytes(folder: Path) -> int:
+    """Free space for a cache in `folder`. Kaggle's /kaggle/working sits on a disk of about 70 GB but
+    keeps at most 20 GB (it is the notebook's output), so there the 20 GB less what it holds counts."""
+    free = shutil.disk_usage(folder).free
+    if folder.resolve().is_relative_to(KAGGLE_WORKING):
+        used = sum(f.stat().st_size for f in KAGGLE_WORKING.rglob("*") if f.is_file() and not f.is_symlink())
+        free = min(free, max(KAGGLE_WORKING_BYTES - used, 0))
+    return free
+
+
 def open_cache(cache_dir: str | Path, run: RunSpec, files: list[Path]) -> ImageCache:
     """The cache of `files` under `run`'s item transform, built first if missing, stale or corrupt."""
     cache_dir = Path(cache_dir)
@@ -173,8 +184,8 @@ def open_cache(cache_dir: str | Path, run: RunSpec, files: list[Path]) -> ImageC
     with _build_lock(cache_dir / f".{key}.lock"):
         if _valid(array_path, index_path, key, shape) == names:  # another job built it while this one waited
             return ImageCache(array_path, names)
-        needed, free = len(cacheable) * int(np.prod(shape)), shutil.disk_usage(cache_dir).free
-        if needed > free // 2:  # never fill a disk (Kaggle's /kaggle/working holds 20 GB) for a speed-up
+        needed, free = len(cacheable) * int(np.prod(shape)), free_bytes(cache_dir)
+        if needed > free // 2:  # never fill a disk for a speed-up
             log.warning(
                 "not caching images: %.1f GB needed, %.1f GB free in %s; decoding as usual "
                 "(point perf.cache_dir at a larger disk to cache)",

@@ -1,2 +1,3 @@
 """Kaggle round trip through the official client: credentials and retries, competition download,
-submission upload with scoring, and the local ledger of submissions."""
+submission upload with scoring, the local ledger of submissions, and training in Kaggle notebooks
+(hydra/launcher=kaggle: kernels, code_dataset, notebooks, notebook_script, notebook_ledger)."""

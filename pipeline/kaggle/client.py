@@ -113,8 +113,15 @@ def client_output() -> Iterator[None]:
             log.debug("kaggle client output: %s", captured.getvalue().strip())
 
 
-def call(fn: Callable[[], T], what: str, retry: Any, competition: str) -> T:
-    """fn(), tried up to retry.attempts times on failures that may pass; any failure -> one-line PipelineError."""
+def call(
+    fn: Callable[[], T],
+    what: str,
+    retry: Any,
+    competition: str,
+    describe: Callable[[Exception, str], str] | None = None,
+) -> T:
+    """fn(), tried up to retry.attempts times on failures that may pass; any failure -> one-line PipelineError.
+    `describe(error, competition)` words the failures (default `explain`, which speaks of the competition)."""
     import requests
 
     attempt = 1
@@ -128,13 +135,32 @@ def call(fn: Callable[[], T], what: str, retry: Any, competition: str) -> T:
             )
             if not transient or attempt >= retry.attempts:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
-                raise PipelineError(f"{what} failed{tries}: {explain(e, competition)}") from None
+                raise PipelineError(f"{what} failed{tries}: {(describe or explain)(e, competition)}") from None
             delay = min(retry.backoff_s * 2 ** (attempt - 1), retry.max_backoff_s)
             if status == 429:  # Kaggle may say how long to wait
                 delay = min(max(delay, _retry_after(e)), retry.max_backoff_s)
             log.warning("%s: %s; retry %d of %d in %.3g s", what, _short(e), attempt, retry.attempts - 1, delay)
             time.sleep(delay)
             attempt += 1
+
+
+def call_api(fn: Callable[[], T], what: str, retry: Any) -> T:
+    """call() for the account's own datasets and notebooks: 403 and 404 worded without a competition,
+    and the client's own refusals (ValueError: a bad kernel or dataset reference) as one line too."""
+
+    def describe(e: Exception, _: str) -> str:
+        status = _status(e)
+        if status == 403:
+            return f"Kaggle refused access (403: {_short(e)}): check that this account owns it"
+        if status == 404:
+            return f"Kaggle has no such item (404: {_short(e)})"
+        return explain(e, "")
+
+    try:
+        with client_output():
+            return call(fn, what, retry, "", describe)
+    except ValueError as e:
+        raise PipelineError(f"{what} failed: {' '.join(str(e).split())}") from None
 
 
 def explain(e: Exception, competition: str) -> str:

@@ -32,6 +32,7 @@ from pipeline.tables import format_table
 from pipeline.training.checkpoints import RunCheckpoint
 from pipeline.training.provenance import environment, run_hash
 from pipeline.training.specs import RunSpec, resolve_runs
+from pipeline.training.time_budget import TimeBudget, TimeBudgetSpent
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,19 @@ class RunsFailed(PipelineError):
         self.runs = [r.summary() for r in results]
 
 
+class RunsStopped(PipelineError):
+    """train.time_budget_h stopped runs (their checkpoints kept): running the job again continues them."""
+
+    exit_code = 3
+
+
+STOPPED = "stopped: time budget"
+
+
 @dataclass
 class RunResult:
     run: RunSpec
-    status: str  # trained | skipped | busy (another job holds it) | failed
+    status: str  # trained | skipped | busy (another job holds it) | failed | STOPPED (checkpoint kept)
     path: Path | None = None
     valid_error: float | None = None
     valid_error_tta: float | None = None
@@ -77,9 +87,16 @@ def run_split(cfg: Any, comp: Competition, run: RunSpec, seed: int | None) -> Sp
 
 
 def train_run(
-    cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any], ckpt: RunCheckpoint | None
+    cfg: Any,
+    comp: Competition,
+    run: RunSpec,
+    device: str,
+    timm_kwargs: dict[str, Any],
+    ckpt: RunCheckpoint | None,
+    budget: TimeBudget | None = None,
 ) -> Predictions:
-    """Fit one run (resuming from its checkpoint if any) and return its TTA predictions."""
+    """Fit one run (resuming from its checkpoint if any) and return its TTA predictions.
+    Raises TimeBudgetSpent when `budget` stopped the fit before its last epoch."""
     import torch
     from fastcore.basics import noop
     from hydra.utils import instantiate
@@ -109,11 +126,16 @@ def train_run(
                 lr_found = float(ckpt.remember("lr_found", find) if ckpt else find())
                 log.info("run %s: lr_find suggests lr %.3g", run.name, lr_found)
                 run = replace(run, lr=lr_found)
-            if ckpt:  # after lr_find, whose own fit must not count as one of the run's
-                learn.add_cb(ckpt.callback(final_fit=final_fit(run)))
+            # after lr_find, whose own fit must not count as one of the run's
+            stop = budget.callback(final_fit(run)) if budget else None
+            for cb in (stop, ckpt.callback(final_fit=final_fit(run)) if ckpt else None):
+                if cb:
+                    learn.add_cb(cb)
             start = time.perf_counter()
             fit(learn, run, start_epoch)
             fit_s = time.perf_counter() - start
+            if stop and stop.stopped:
+                raise TimeBudgetSpent(f"stopped after epoch {stop.epoch + 1} of fit {stop.fit_index + 1}")
             valid_error = last_valid_error(learn)
             # one plain pass: the label's probabilities without TTA, and each extra target's
             raw, targets = learn.get_preds(ds_idx=1, act=noop)
@@ -172,14 +194,20 @@ def train_run(
 
 
 def train_with_retries(
-    cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any], ckpt: RunCheckpoint | None
+    cfg: Any,
+    comp: Competition,
+    run: RunSpec,
+    device: str,
+    timm_kwargs: dict[str, Any],
+    ckpt: RunCheckpoint | None,
+    budget: TimeBudget | None = None,
 ) -> Predictions:
     """train_run; on out-of-memory, double accum (same effective batch, half the micro-batch) and retry."""
     import torch
 
     for attempt in range(cfg.train.oom_retries + 1):
         try:
-            return train_run(cfg, comp, run, device, timm_kwargs, ckpt)
+            return train_run(cfg, comp, run, device, timm_kwargs, ckpt, budget)
         except torch.OutOfMemoryError:
             gc.collect()
             if device == "cuda":
@@ -219,11 +247,13 @@ def finished(path: Path, identity: str, data_fingerprint: str) -> Predictions | 
 
 
 def train_model(cfg: Any) -> list[RunResult]:
-    """Train a model's runs one after the other; raises RunsFailed at the end if any failed."""
+    """Train a model's runs one after the other; raises RunsFailed at the end if any failed, else
+    RunsStopped if train.time_budget_h stopped any."""
     from pipeline.training.learner import pick_device
     from pipeline.training.memory_probe import read_accums
     from pipeline.training.pretrained import timm_kwargs
 
+    budget = TimeBudget(cfg.train.time_budget_h)
     check_ranges(cfg)
     probe_file = Path(cfg.paths.probe) / f"{cfg.model.name}.yaml" if cfg.get("model") else None
     probed = read_accums(probe_file) if probe_file else {}
@@ -267,24 +297,35 @@ def train_model(cfg: Any) -> list[RunResult]:
             log.error("run %s cannot train: %s", run.name, e)
             results[run.name] = RunResult(run, "failed", error=str(e))
     for run, identity, path, kwargs in todo:
+        if not budget.allows_new_run():
+            log.info("run %s: not started, train.time_budget_h=%g is spent", run.name, budget.hours)
+            results[run.name] = RunResult(run, STOPPED)
+            continue
         with run_lock(path) as held:
             if not held:
                 lock = lock_file(path)
                 log.warning("run %s: another job is training it (%s is held): skipped here", run.name, lock)
                 results[run.name] = RunResult(run, "busy", error=f"trained by another job ({lock} is held)")
-            elif not cfg.train.force and (done := finished(path, identity)):  # another job finished it meanwhile
+            elif not cfg.train.force and (
+                done := finished(path, identity, comp.fingerprint)
+            ):  # another job finished it meanwhile
                 log.info("run %s: trained by another job meanwhile (%s): skipped", run.name, path)
                 results[run.name] = RunResult(
                     run, "skipped", path, done.metrics["valid_error"], done.metrics["valid_error_tta"]
                 )
             else:
-                results[run.name] = attempt(cfg, comp, run, identity, path, device, kwargs)
+                results[run.name] = attempt(cfg, comp, run, identity, path, device, kwargs, budget)
     ordered = [results[run.name] for run in runs]
     log.info("\n%s", results_table(ordered))
     if failed := [r for r in ordered if r.status == "failed"]:
         raise RunsFailed(
             f"{len(failed)} of {len(ordered)} runs failed: " + "; ".join(f"{r.run.name} ({r.error})" for r in failed),
             ordered,
+        )
+    if stopped := [r.run.name for r in ordered if r.status == STOPPED]:
+        raise RunsStopped(
+            f"{len(stopped)} of {len(ordered)} runs stopped by train.time_budget_h={budget.hours:g} "
+            f"({', '.join(stopped)}): run the same command again to continue from their checkpoints"
         )
     return ordered
 
@@ -313,7 +354,14 @@ def run_lock(preds_path: Path) -> Iterator[bool]:
 
 
 def attempt(
-    cfg: Any, comp: Competition, run: RunSpec, identity: str, path: Path, device: str, kwargs: dict[str, Any]
+    cfg: Any,
+    comp: Competition,
+    run: RunSpec,
+    identity: str,
+    path: Path,
+    device: str,
+    kwargs: dict[str, Any],
+    budget: TimeBudget | None = None,
 ) -> RunResult:
     """Train and save one run; any failure is logged and returned, so the job goes on with the next run."""
     log.info(
@@ -333,9 +381,14 @@ def attempt(
     ckpt = RunCheckpoint(Path(cfg.paths.checkpoints) / f"{run.name}-{identity}") if cfg.train.checkpoint else None
     start = time.perf_counter()
     try:
-        preds = train_with_retries(cfg, comp, run, device, kwargs, ckpt)
+        preds = train_with_retries(cfg, comp, run, device, kwargs, ckpt, budget)
         preds.run_hash = identity
         save(preds, path)
+    except TimeBudgetSpent as e:
+        minutes = (time.perf_counter() - start) / 60
+        kept = f"; its checkpoint is kept in {ckpt.folder}" if ckpt else " (train.checkpoint=false: nothing is kept)"
+        log.warning("run %s: time budget spent after %.1f min, %s%s", run.name, minutes, e, kept)
+        return RunResult(run, STOPPED, minutes=minutes)
     except Exception as e:  # isolation: any failure of one run must not stop the others
         minutes = (time.perf_counter() - start) / 60
         log.error("run %s failed after %.1f min: %s%s", run.name, minutes, one_line(e), save_traceback(run.name))
