@@ -28,6 +28,7 @@ install() {
 }
 
 running() { [ -f "$conf" ] && timeout 10 scontrol ping 2>/dev/null | grep -q "is UP"; }
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }  # a pid file whose process runs
 
 start() {
   if running; then
@@ -36,6 +37,10 @@ start() {
   fi
   [ "$(id -u)" -eq 0 ] || unavailable "starting slurmd needs root"
   install
+  # not up: end whatever an earlier start left half-running (by the pids it recorded) and start afresh,
+  # without the job state of a cluster that is gone
+  stop_daemons
+  rm -rf "$dir/state" "$dir/spool" "$dir/munge/run"
   host=$(hostname -s)
   mkdir -p "$dir"/{state,spool,log} "$dir"/munge/{key,run}
   # munge: its own key, socket and pid file here, run as the munge user. It wants the key readable by
@@ -45,11 +50,15 @@ start() {
   fi
   chown -R munge:munge "$dir/munge"
   chmod 755 "$dir" "$dir/munge" "$dir/munge/run" && chmod 700 "$dir/munge/key" && chmod 400 "$dir/munge/key/munge.key"
-  if ! { [ -f "$dir/munge/run/munged.pid" ] && kill -0 "$(cat "$dir/munge/run/munged.pid")" 2>/dev/null; }; then
-    runuser -u munge -- munged --key-file="$dir/munge/key/munge.key" --socket="$dir/munge/run/munge.socket" \
-      --pid-file="$dir/munge/run/munged.pid" --log-file="$dir/munge/key/munged.log" \
-      --seed-file="$dir/munge/key/munged.seed"
-  fi
+  runuser -u munge -- munged --key-file="$dir/munge/key/munge.key" --socket="$dir/munge/run/munge.socket" \
+    --pid-file="$dir/munge/run/munged.pid" --log-file="$dir/munge/key/munged.log" \
+    --seed-file="$dir/munge/key/munged.seed"
+  for try in $(seq 20); do
+    munge -n -S "$dir/munge/run/munge.socket" 2>/dev/null | unmunge -S "$dir/munge/run/munge.socket" >/dev/null 2>&1 \
+      && break
+    [ "$try" -lt 20 ] || { echo "slurm.sh: munged does not answer; see $dir/munge/key/munged.log" >&2; exit 1; }
+    sleep 0.25
+  done
   mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
   cpus=$(nproc)
   cat > "$conf" <<CONF
@@ -85,28 +94,34 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP DefMemPerC
 CONF
   slurmctld -f "$conf"
   slurmd -f "$conf"
-  for _ in $(seq 60); do
-    if running && sinfo -h -o %T 2>/dev/null | grep -qx idle; then
+  for _ in $(seq 30); do
+    if running && sinfo -h -o %T 2>/dev/null | grep -qxE "idle|mixed|allocated"; then
       echo "slurm.sh: started (munged, slurmctld, slurmd); SLURM_CONF=$conf"
       return
     fi
-    sleep 0.5
+    sleep 1
   done
   echo "slurm.sh: the node did not come up; logs in $dir/log" >&2
   exit 1
 }
 
-stop() {
-  if [ -f "$conf" ] && running; then
-    scontrol shutdown >/dev/null
-    for _ in $(seq 40); do
-      { [ -f "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; } || break
+stop_daemons() {
+  if running; then
+    scontrol shutdown >/dev/null || true
+  fi
+  alive "$dir/munge/run/munged.pid" && kill "$(cat "$dir/munge/run/munged.pid")"
+  for pidfile in "$dir/slurmctld.pid" "$dir/slurmd.pid" "$dir/munge/run/munged.pid"; do
+    for i in $(seq 40); do
+      alive "$pidfile" || break
+      if [ "$i" -eq 20 ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi  # not gone after 5 s: end it
       sleep 0.25
     done
-  fi
-  if [ -f "$dir/munge/run/munged.pid" ] && kill -0 "$(cat "$dir/munge/run/munged.pid")" 2>/dev/null; then
-    kill "$(cat "$dir/munge/run/munged.pid")"
-  fi
+    rm -f "$pidfile"
+  done
+}
+
+stop() {
+  stop_daemons
   echo "slurm.sh: stopped"
 }
 
