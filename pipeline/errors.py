@@ -50,14 +50,13 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def exit_on_error(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a CLI's task: a PipelineError becomes one line on stderr and exit code 2, or the error's
-    own exit_code (in a multirun,
-    a logged line and a JobFailed result, as is any other exception, its traceback kept in the job's
-    folder); SIGTERM interrupts like Ctrl-C, so that temporary files are cleaned up and finished files
-    kept. Under SLURM this replaces submitit's handler that ignores SIGTERM, and leaves its USR2 handler
-    alone: at a time-out, USR2 comes first and submitit requeues the job before SLURM's SIGTERM ends it
-    here; on a preemption the job ends cleanly and SLURM requeues it. The requeued job resumes from the
-    run's epoch checkpoint (tests/test_launchers.py)."""
+    """Run a CLI's task: a PipelineError becomes one line on stderr and exit code 2, or the error's own
+    exit_code (in a multirun, a logged line and a JobFailed result, as is any other exception, its
+    traceback kept in the job's folder); SIGTERM interrupts like Ctrl-C, so that temporary files are
+    cleaned up and finished files kept. Under SLURM this replaces submitit's handler that ignores
+    SIGTERM, and leaves its USR2 handler alone: at a time-out, USR2 comes first and submitit requeues
+    the job before SLURM's SIGTERM ends it here; on a preemption the job ends cleanly and SLURM requeues
+    it. The requeued job resumes from the run's epoch checkpoint (tests/test_launchers.py)."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
