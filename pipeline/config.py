@@ -303,7 +303,9 @@ class AppConfig:
 
 @dataclass
 class TrainAppConfig(AppConfig):
-    model: ModelConfig | None = None
+    # chosen with +model=NAME (a file in conf/model/); present unnamed before that, so that a sweep over
+    # +model=a,b composes with model.* overrides (Hydra composes the sweep's own config without +model)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = MISSING
     schedule: ScheduleConfig = MISSING

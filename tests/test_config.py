@@ -381,3 +381,14 @@ def test_kaggle_launcher_yaml_agrees_with_its_schema():
     assert dict(_leaves(cfg.hydra.launcher)) == dict(_leaves(OmegaConf.structured(KaggleLauncherConfig)))
     with pytest.raises(ConfigCompositionException), initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         hydra_compose("config", ["hydra/launcher=kaggle", "hydra.launcher.max_parallel=many"], return_hydra_config=True)
+
+
+def test_a_model_sweep_composes_with_model_overrides(tmp_path):
+    # Hydra composes a sweep's own config without +model: model.* must still apply (issue: Unexpected type for root)
+    out = _cli(
+        "-m", "pipeline.train", "-m", "+model=effnet_lite0,swin_large", "model.pretrained=false",
+        f"data.root={tmp_path / 'nowhere'}", f"paths.outputs={tmp_path}",
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "2 job(s) failed" in out.stderr and out.stderr.count("data folder") == 2  # both jobs reached the data
+    assert "model.pretrained=False" in out.stderr and "Traceback" not in out.stderr

@@ -38,7 +38,7 @@ def job_name(cfg: Any) -> str:
     if len(runs) == 1:
         return runs[0].name
     model = cfg.get("model")
-    name = model.name if model else "train"
+    name = model.name if model and not OmegaConf.is_missing(model, "name") else "train"
     return name if cfg.train.get("fold") is None else f"{name}_fold{cfg.train.fold}"
 
 

@@ -31,7 +31,7 @@ from pipeline.predictions import Predictions, load, recipe_columns, save
 from pipeline.tables import format_table
 from pipeline.training.checkpoints import RunCheckpoint
 from pipeline.training.provenance import environment, run_hash
-from pipeline.training.specs import RunSpec, resolve_runs
+from pipeline.training.specs import RunSpec, chosen_model, resolve_runs
 from pipeline.training.time_budget import TimeBudget, TimeBudgetSpent
 
 log = logging.getLogger(__name__)
@@ -255,8 +255,8 @@ def train_model(cfg: Any) -> list[RunResult]:
 
     budget = TimeBudget(cfg.train.time_budget_h)
     check_ranges(cfg)
-    probe_file = Path(cfg.paths.probe) / f"{cfg.model.name}.yaml" if cfg.get("model") else None
-    probed = read_accums(probe_file) if probe_file else {}
+    probe_file = Path(cfg.paths.probe) / f"{chosen_model(cfg).name}.yaml"
+    probed = read_accums(probe_file)
     if probed:
         log.info("accum from the memory probe's %s: %s", probe_file, probed)
     runs = resolve_runs(cfg, probed)

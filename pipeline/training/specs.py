@@ -62,12 +62,20 @@ def _size(value: Any, what: str) -> tuple[int, ...]:
     return size
 
 
+def chosen_model(cfg: Any) -> Any:
+    """cfg.model, once +model=NAME chose one; else one clear error."""
+    from omegaconf import OmegaConf
+
+    model = cfg.get("model")
+    if model is None or OmegaConf.is_missing(model, "name"):
+        raise PipelineError("no model chosen: add +model=NAME (a file in conf/model/, e.g. +model=vit_large)")
+    return model
+
+
 def resolve_runs(cfg: Any, probed: dict[str, int] | None = None) -> list[RunSpec]:
     """The runs of `cfg.model`, checked: fails with one line on a missing model or variant list.
     `probed` maps run names to the accum the memory probe chose."""
-    model = cfg.get("model")
-    if model is None:
-        raise PipelineError("no model chosen: add +model=NAME (a file in conf/model/, e.g. +model=vit_large)")
+    model = chosen_model(cfg)
     if not model.variants:
         raise PipelineError(f"model {model.name} has no variants: list at least one under variants:")
     recipe = recipe_from_config(cfg)
