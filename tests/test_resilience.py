@@ -119,7 +119,7 @@ def test_kill_during_the_second_run_then_resume(demo_root, weights_dir, tmp_path
     assert again.returncode == 0, again.stderr[-3000:]
     assert "run tiny_squish32_32: already trained with this config" in again.stdout
     assert "run tiny_pad32_32: resuming from" in again.stdout and "(1 of 2 epochs done)" in again.stdout
-    assert sorted(p.name for p in preds.iterdir()) == ["tiny_pad32_32.pt", "tiny_squish32_32.pt"]
+    assert files(preds) == ["tiny_pad32_32.pt", "tiny_squish32_32.pt"]
     assert not list(ckpts.iterdir())  # the finished run's checkpoint is cleaned up
 
 
