@@ -17,6 +17,11 @@ from tests.conftest import REPO, compose, tiny_run_overrides
 pytestmark = pytest.mark.slow
 
 
+def files(folder):
+    """A folder's files, less the runs' lock files (.<run>.lock, kept: see training/runner.run_lock)."""
+    return sorted(p.name for p in folder.iterdir() if p.suffix != ".lock")
+
+
 def test_a_finished_run_is_skipped_until_its_config_changes(demo_root, weights_dir, tmp_path, caplog):
     overrides = [*tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds"), "data.seed=3"]
     (first,) = train_model(compose("config", overrides))
@@ -84,7 +89,7 @@ def test_a_diverging_run_fails_alone(demo_root, weights_dir, tmp_path, caplog):
     with caplog.at_level(logging.INFO), pytest.raises(RunsFailed) as err:
         train_model(cfg)
     assert str(err.value).startswith("1 of 2 runs failed: tiny_exploding (NonFiniteLoss: the loss became")
-    assert [p.name for p in (tmp_path / "preds").iterdir()] == ["tiny_fine.pt"]
+    assert files(tmp_path / "preds") == ["tiny_fine.pt"]
     assert "tiny_exploding  failed" in caplog.text and "tiny_fine       trained" in caplog.text
 
 
@@ -127,7 +132,7 @@ def test_kill_during_the_second_run_then_resume(demo_root, weights_dir, tmp_path
     assert job.wait(timeout=120) == 130
     first_log = (tmp_path / "first.log").read_text()
     assert "interrupted: finished files are kept" in first_log and "Traceback" not in first_log
-    assert [p.name for p in preds.iterdir()] == ["tiny_squish32_32.pt"]  # and no temporary files
+    assert files(preds) == ["tiny_squish32_32.pt"]  # and no temporary files
     (folder,) = ckpts.iterdir()
     assert [p.name for p in folder.iterdir()] == ["epoch1.pth"]  # the split seed is configured: no run.json
 
@@ -135,7 +140,7 @@ def test_kill_during_the_second_run_then_resume(demo_root, weights_dir, tmp_path
     assert again.returncode == 0, again.stderr[-3000:]
     assert "run tiny_squish32_32: already trained with this config" in again.stdout
     assert "run tiny_pad32_32: resuming from" in again.stdout and "(1 of 2 epochs done)" in again.stdout
-    assert sorted(p.name for p in preds.iterdir()) == ["tiny_pad32_32.pt", "tiny_squish32_32.pt"]
+    assert files(preds) == ["tiny_pad32_32.pt", "tiny_squish32_32.pt"]
     assert not list(ckpts.iterdir())  # the finished run's checkpoint is cleaned up
 
 
@@ -156,7 +161,7 @@ def test_a_broken_weights_file_fails_its_job_while_the_sweep_goes_on(demo_root, 
     assert out.returncode == 2
     assert "error: 1 job(s) failed:" in out.stderr and "broken.safetensors" in out.stderr
     assert "Traceback" not in out.stderr
-    assert [p.name for p in (tmp_path / "preds").iterdir()] == ["tiny_squish32_32.pt"]
+    assert files(tmp_path / "preds") == ["tiny_squish32_32.pt"]
     assert predictions.load(tmp_path / "preds" / "tiny_squish32_32.pt").config["model"]["weights"] == str(good)
 
 
