@@ -20,7 +20,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline import predictions
-from pipeline.config import KaggleLauncherConfig
+from pipeline.config import RECIPE_OPTIONS, KaggleLauncherConfig
 from pipeline.data.competition import scan_competition
 from pipeline.data.demo import build_demo
 from pipeline.data.submission_csv import validate_submission
@@ -331,3 +331,24 @@ def test_the_pushed_script_carries_the_job_config_exactly(tmp_path, config):
     meta = json.loads((folder / "kernel-metadata.json").read_text())
     assert (meta["enable_gpu"], meta["enable_internet"], "machine_shape" in meta) == (False, False, False)
     assert meta["dataset_sources"] == [CODE, "me/weights"] and meta["kernel_sources"] == [meta["id"]]
+
+
+@pytest.mark.parametrize(
+    "group, option",
+    [(group, option) for group, options in RECIPE_OPTIONS.items() for option in options],
+)
+def test_the_notebooks_job_config_composes_there_as_it_was_composed_here(tmp_path, group, option):
+    """Every recipe option's keys (adam's mom, ranger's ...) survive the trip to the notebook's Hydra."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from pipeline.kaggle.notebooks import config_yaml, kaggle_config
+
+    job = kaggle_config(compose("config", ["+model=effnet_lite0", f"{group}={option}"]), time_budget_h=11.5)
+    (tmp_path / "config.yaml").write_text(config_yaml(job))
+
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        there = hydra_compose(config_name="config")
+
+    assert OmegaConf.to_container(there) == OmegaConf.to_container(job)
+    assert there[group].name == option and OmegaConf.get_type(there[group]) is RECIPE_OPTIONS[group][option]

@@ -182,7 +182,7 @@ def test_a_time_budget_stops_at_an_epoch_boundary_and_the_next_attempt_continues
     assert "2 of 2 runs stopped by train.time_budget_h=1e-06 (tiny_squish32_32, tiny_pad32_32)" in str(stopped.value)
     assert "run tiny_pad32_32: not started" in caplog.text
     assert "tiny_squish32_32  stopped: time budget" in caplog.text
-    assert not preds.exists() or not list(preds.iterdir())  # no prediction file for a stopped run
+    assert not preds.exists() or not files(preds)  # no prediction file for a stopped run
     (folder,) = ckpts.iterdir()  # the frozen epoch and one of the two unfrozen ones: checkpointed, then stopped
     assert folder.name.startswith("tiny_squish32_32-") and [p.name for p in folder.iterdir()] == ["epoch1.pth"]
 
@@ -190,5 +190,5 @@ def test_a_time_budget_stops_at_an_epoch_boundary_and_the_next_attempt_continues
     with caplog.at_level(logging.INFO), pytest.raises(RunsStopped, match="1 of 2 runs stopped"):
         train_model(compose("config", overrides))
     assert "run tiny_squish32_32: resuming from" in caplog.text and "(1 of 2 epochs done)" in caplog.text
-    assert [p.name for p in preds.iterdir()] == ["tiny_squish32_32.pt"]  # its last epoch is never cut
+    assert files(preds) == ["tiny_squish32_32.pt"]  # its last epoch is never cut
     assert "run tiny_pad32_32: not started" in caplog.text

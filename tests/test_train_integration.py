@@ -73,7 +73,7 @@ def test_cli_trains_two_runs_on_real_paddy_photos_and_blends_them(paddy_root, we
     train = _run("pipeline.train", *common, two_variants)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "tiny_squish32_32" in train.stdout and "tiny_pad40_32" in train.stdout and "valid err TTA" in train.stdout
-    assert sorted(p.name for p in preds_dir.iterdir()) == ["tiny_pad40_32.pt", "tiny_squish32_32.pt"]
+    assert sorted(p.name for p in preds_dir.glob("*.pt")) == ["tiny_pad40_32.pt", "tiny_squish32_32.pt"]
 
     blend = _run(
         "pipeline.blend",

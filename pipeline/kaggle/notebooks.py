@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline.config import PathsConfig
+from pipeline.config import RECIPE_OPTIONS, PathsConfig
 from pipeline.kaggle.code_dataset import CodeDataset
 
 CODE_FILE = "train_job.py"
@@ -38,8 +38,12 @@ def kaggle_config(cfg: Any, time_budget_h: float) -> Any:
 
 def config_yaml(cfg: Any) -> str:
     """A primary config for `pipeline.train --config-path DIR --config-name config`: the composed job
-    on top of the schema, so that it is type-checked there as here."""
-    return "defaults:\n  - train_schema\n  - _self_\n\n" + OmegaConf.to_yaml(cfg)
+    on top of the schema and its recipe options' schemas (e.g. optimizer/adam_schema, which has the
+    `mom` that the base OptimizerConfig lacks), so that it is type-checked there as here."""
+    schemas = [
+        f"  - {group}: {cfg[group].name}_schema" for group, known in RECIPE_OPTIONS.items() if cfg[group].name in known
+    ]
+    return "\n".join(["defaults:", "  - train_schema", *schemas, "  - _self_", "", OmegaConf.to_yaml(cfg)])
 
 
 def slug_for(prefix: str, model: str, job_hash: str) -> str:
