@@ -553,7 +553,7 @@ class SubmitAppConfig(AppConfig):
 
 @dataclass
 class KaggleLauncherConfig:
-    _target_: str = "hydra_plugins.pipeline_kaggle_launcher.kaggle_launcher.KaggleLauncher"
+    _target_: str = "hydra_plugins.paddy_pipeline.launchers.KaggleLauncher"
     ledger: str = "${paths.outputs}/kaggle_kernels.json"
     max_parallel: int = 2
     max_sessions: int = 3

@@ -122,7 +122,7 @@ def test_cli_modules_do_not_import_heavy_libraries():
     code = (
         "import sys, pipeline.train, pipeline.blend, pipeline.ensemble.writing, pipeline.training.runner,"
         " pipeline.prepare_demo, pipeline.probe, pipeline.training.memory_probe, pipeline.bench,"
-        " pipeline.fast.benchmark, pipeline.kernels, hydra_plugins.pipeline_kaggle_launcher.kaggle_launcher;"
+        " pipeline.fast.benchmark, pipeline.kernels, hydra_plugins.paddy_pipeline.launchers;"
         "print(sorted(m for m in ('fastai', 'timm', 'kaggle') if m in sys.modules))"
     )
     out = _cli("-c", code)

@@ -2,7 +2,7 @@
 hydra_plugins namespace and imports every module here at start-up, so this module stays light: the
 code is in pipeline.launchers, and Ray and submitit are imported only when a launcher launches."""
 
-from pipeline.launchers import ray_pool, slurm
+from pipeline.launchers import kaggle_launcher, ray_pool, slurm
 
 
 class GpuPool(ray_pool.GpuPool):
@@ -11,3 +11,7 @@ class GpuPool(ray_pool.GpuPool):
 
 class Slurm(slurm.Slurm):
     """hydra/launcher=slurm"""
+
+
+class KaggleLauncher(kaggle_launcher.KaggleLauncher):
+    """hydra/launcher=kaggle"""

@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import JobFailed, PipelineError, one_line
+from pipeline.launchers.base import SweepLauncher
 from pipeline.launchers.report import record_lost_job
 
 log = logging.getLogger(__name__)
@@ -37,19 +36,11 @@ def _run_job(cwd: str, **kwargs: Any) -> JobReturn:
     return run_hydra_job(**kwargs)
 
 
-class GpuPool(Launcher):
+class GpuPool(SweepLauncher):
     def __init__(self, ray: DictConfig, gpus_per_job: float, cpus_per_job: int) -> None:
         self.ray_cfg = ray
         self.gpus_per_job = gpus_per_job
         self.cpus_per_job = cpus_per_job
-        self.config: DictConfig | None = None
-        self.hydra_context: HydraContext | None = None
-        self.task_function: TaskFunction | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
-        self.hydra_context = hydra_context
-        self.task_function = task_function
 
     def _start_ray(self) -> Any:
         try:
@@ -97,10 +88,7 @@ class GpuPool(Launcher):
         pending = {}
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = f"job_id_for_{idx}"
-                sweep_config.hydra.job.num = idx
+            sweep_config = self.job_config(idx, overrides)
             ref = run_job.remote(
                 os.getcwd(),
                 hydra_context=self.hydra_context,

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from pipeline.errors import PipelineError, one_line
+from pipeline.launchers.base import SweepLauncher
 from pipeline.launchers.report import record_lost_job
 
 log = logging.getLogger(__name__)
@@ -42,18 +41,10 @@ def job_name(cfg: Any) -> str:
     return name if cfg.train.get("fold") is None else f"{name}_fold{cfg.train.fold}"
 
 
-class Slurm(Launcher):
+class Slurm(SweepLauncher):
     def __init__(self, name: str | None = None, **params: Any) -> None:
         self.name = name
         self.params = params
-        self.config: DictConfig | None = None
-        self.hydra_context: HydraContext | None = None
-        self.task_function: TaskFunction | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
-        self.hydra_context = hydra_context
-        self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         try:
@@ -80,9 +71,7 @@ class Slurm(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         jobs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.num = idx
+            sweep_config = self.job_config(idx, overrides)
             name = self.name or job_name(sweep_config)
             executor.update_parameters(name=name)
             job = executor.submit(

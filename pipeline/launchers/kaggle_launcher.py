@@ -1,8 +1,9 @@
 """hydra/launcher=kaggle: each job of a multirun becomes a Kaggle notebook (pipeline/kaggle/kernels.py).
 
-Hydra imports every module of `hydra_plugins` at start-up, so this one imports nothing heavy at the top.
-A failed notebook makes its job return JobFailed, so pipeline.errors.MultirunFailures lists it and the
-command exits 2 once every job has been followed to its end.
+Hydra imports hydra_plugins/paddy_pipeline, which names this class, at start-up, so this module imports
+nothing heavy at the top. A failed notebook makes its job return JobFailed, so
+pipeline.errors.MultirunFailures lists it and the command exits 2 once every job has been followed to
+its end.
 """
 
 from __future__ import annotations
@@ -16,19 +17,14 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict
+
+from pipeline.launchers.base import SweepLauncher
 
 
-class KaggleLauncher(Launcher):
+class KaggleLauncher(SweepLauncher):
     def __init__(self, **options: Any) -> None:
         self.options = OmegaConf.create(options)
-        self.config: DictConfig | None = None
-        self.hydra_context: HydraContext | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from pipeline.errors import JobFailed, PipelineError
@@ -43,9 +39,7 @@ class KaggleLauncher(Launcher):
         labels = job_labels(job_overrides)
         jobs, configs = [], []
         for num, overrides in enumerate(job_overrides, start=initial_job_idx):
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg):
-                cfg.hydra.job.id = cfg.hydra.job.num = num
+            cfg = self.job_config(num, overrides)
             HydraConfig.instance().set_config(cfg)  # the sweep subdir may use Hydra's resolvers
             task = copy.deepcopy(cfg)
             with open_dict(task):
