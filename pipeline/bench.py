@@ -14,7 +14,7 @@ register_configs()
 @hydra.main(config_path="../conf", config_name="bench", version_base="1.3")
 @exit_on_error
 def main(cfg) -> None:
-    from pipeline.fast.benchmark import run_benchmark
+    from pipeline.benchmark import run_benchmark
 
     print(run_benchmark(cfg), flush=True)
 

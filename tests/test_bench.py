@@ -7,8 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
+from pipeline.benchmark import replicate_sample
 from pipeline.data.competition import scan_competition
-from pipeline.fast.benchmark import replicate_sample
 from tests.conftest import PADDY_SAMPLE, REPO, compose
 
 

@@ -13,7 +13,7 @@ import hashlib, logging, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 import fastai.vision.core  # its 8 s import before the start, so that both jobs open the cache together
-from pipeline.fast.image_cache import open_cache
+from pipeline.data.image_cache import open_cache
 from tests.factories import make_run
 cache_dir, sample, go = sys.argv[1:]
 files = sorted(Path(sample).glob("train_images/*/*.jpg"))

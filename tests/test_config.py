@@ -122,7 +122,7 @@ def test_cli_modules_do_not_import_heavy_libraries():
     code = (
         "import sys, pipeline.train, pipeline.blend, pipeline.ensemble.writing, pipeline.training.runner,"
         " pipeline.prepare_demo, pipeline.probe, pipeline.training.memory_probe, pipeline.bench,"
-        " pipeline.fast.benchmark, pipeline.kernels, hydra_plugins.paddy_pipeline.launchers;"
+        " pipeline.benchmark, pipeline.kernels, hydra_plugins.paddy_pipeline.launchers;"
         "print(sorted(m for m in ('fastai', 'timm', 'kaggle') if m in sys.modules))"
     )
     out = _cli("-c", code)
@@ -226,8 +226,8 @@ def test_shipped_configs_are_in_range(config_name):
 def test_every_command_checks_ranges_before_reading_anything(tmp_path):
     # Each entry point, given an out-of-range option and nothing to read: the range error comes first.
     from pipeline import prepare_demo, probe
+    from pipeline.benchmark import run_benchmark
     from pipeline.ensemble.writing import blend
-    from pipeline.fast.benchmark import run_benchmark
     from pipeline.kaggle.competition_files import download
     from pipeline.kaggle.uploads import submit
     from pipeline.training.runner import train_model

@@ -38,7 +38,7 @@ def test_atomic_writes_follow_the_umask(tmp_path, modes):
 
 
 def test_the_image_cache_follows_the_umask(tmp_path, modes):
-    from pipeline.fast.image_cache import open_cache
+    from pipeline.data.image_cache import open_cache
 
     file_mode, _ = modes
     open_cache(tmp_path, make_run(resize="squish", item_size=(32,)), photos(2))

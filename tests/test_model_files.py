@@ -41,10 +41,10 @@ def test_every_model_file_is_covered():
 @pytest.mark.parametrize("model", MODEL_FILES)
 def test_model_file_trains_and_predicts(model, paddy_root, tmp_path):
     from pipeline.data.competition import Competition, scan_competition
-    from pipeline.fast.tta import tta
     from pipeline.training.learner import run_learner
     from pipeline.training.pretrained import timm_kwargs
     from pipeline.training.specs import resolve_runs
+    from pipeline.training.tta import tta
 
     cfg = compose(
         "config",

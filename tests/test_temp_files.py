@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.fast.image_cache import open_cache
+from pipeline.data.image_cache import open_cache
 from pipeline.fileio import atomic_path
 from tests.conftest import PADDY_SAMPLE, REPO
 from tests.factories import make_run
@@ -99,7 +99,7 @@ def test_the_cache_sweeps_a_killed_build_but_not_a_live_one(tmp_path, photos, wr
 BUILDER = """
 import sys
 from pathlib import Path
-from pipeline.fast.image_cache import open_cache
+from pipeline.data.image_cache import open_cache
 from tests.factories import make_run
 run = make_run(resize="squish", item_size=(96,), size=(32,), accum=1, batch_size=8)
 open_cache(Path(sys.argv[1]), run, [Path(p) for p in sys.argv[2:]] * 500)

@@ -69,7 +69,7 @@ def image_block(comp: Competition, run: RunSpec, perf: Any) -> TransformBlock:
 
     if not perf.cache:
         return ImageBlock
-    from pipeline.fast.image_cache import open_cache
+    from pipeline.data.image_cache import open_cache
 
     cache = open_cache(perf.cache_dir, run, [*comp.train_files, *comp.test_files])
     return TransformBlock(type_tfms=cache, batch_tfms=IntToFloatTensor)
@@ -81,7 +81,7 @@ def augmentations(run: RunSpec, perf: Any) -> list[Transform]:
 
     if not perf.fused_augment:
         return batch_tfms(run)
-    from pipeline.fast.augment import fuse_affine_and_crop
+    from pipeline.data.augment import fuse_affine_and_crop
 
     return fuse_affine_and_crop(batch_tfms(run))
 

@@ -102,10 +102,10 @@ def train_run(
     from hydra.utils import instantiate
 
     from pipeline.data.train_csv import target_sizes
-    from pipeline.fast.tta import tta
     from pipeline.training.learner import final_fit, find_lr, fit, last_valid_error, run_learner
     from pipeline.training.recipe import seeded
     from pipeline.training.targets import split_outputs
+    from pipeline.training.tta import tta
 
     split = run_split(
         cfg, comp, run, ckpt.split_seed(cfg.data.seed) if ckpt else cfg.data.seed

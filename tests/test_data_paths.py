@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.fast.image_cache import cache_key, open_cache, resize_is_deterministic
+from pipeline.data.image_cache import cache_key, open_cache, resize_is_deterministic
 from tests.conftest import PADDY_SAMPLE, compose
 from tests.factories import make_run
 
@@ -98,7 +98,7 @@ def test_a_corrupt_or_partial_cache_is_rebuilt(photos, tmp_path, damage):
 
 
 def test_in_kaggles_working_folder_the_cache_keeps_to_its_20_gb(photos, tmp_path, monkeypatch, caplog):
-    from pipeline.fast import image_cache
+    from pipeline.data import image_cache
 
     working, needed = tmp_path / "working", 4 * 96 * 96 * 3
     (working / "outputs").mkdir(parents=True)
@@ -146,7 +146,7 @@ def _augment(tfms, x, split_idx, seed):
 def test_fused_augmentation_matches_fastai(batch):
     from fastai.vision.augment import aug_transforms
 
-    from pipeline.fast.augment import AffineResizedCrop, fuse_affine_and_crop
+    from pipeline.data.augment import AffineResizedCrop, fuse_affine_and_crop
 
     fused = fuse_affine_and_crop(aug_transforms(size=64, min_scale=0.75))
     assert sum(isinstance(t, AffineResizedCrop) for t in fused) == 1 and len(fused) == 2  # + lighting
@@ -169,7 +169,7 @@ def test_fused_augmentation_matches_fastai(batch):
 def test_min_scale_one_has_nothing_to_fuse():
     from fastai.vision.augment import aug_transforms
 
-    from pipeline.fast.augment import fuse_affine_and_crop
+    from pipeline.data.augment import fuse_affine_and_crop
 
     tfms = aug_transforms(size=64, min_scale=1.0)
     assert fuse_affine_and_crop(tfms) == tfms
@@ -194,7 +194,7 @@ def learner(paddy_root, weights_dir):
 def test_one_load_tta_equals_learner_tta_without_augmentation_randomness(learner):
     from fastai.vision.all import IntToFloatTensor, Normalize, imagenet_stats
 
-    from pipeline.fast.tta import tta
+    from pipeline.training.tta import tta
 
     learn, comp = learner
     test_dl = learn.dls.test_dl(comp.test_files, bs=3)  # 10 images: a partial last batch
