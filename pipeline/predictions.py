@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from pipeline.config import REFERENCE_RECIPE, changed_params
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
 
@@ -52,6 +51,9 @@ class Predictions:
     # one plain pass) and valid_targets; their error rates are metrics["valid_error_<column>"]
     aux_targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     lr_found: float | None = None  # train.lr=find: lr_find's suggestion, the lr the run trained at
+    # the recipe as table columns (optimizer, schedule, loss, extras), so that blending describes runs
+    # without knowing the recipe registries (pipeline.training.recipe.recipe_columns)
+    recipe_summary: dict[str, str] = field(default_factory=dict)
     path: Path | None = None  # where it was loaded from; not stored
 
     def check(self, where: str, fix: str) -> None:
@@ -96,38 +98,17 @@ class Predictions:
         return float((self.valid_probs.argmax(1) == self.valid_targets).float().mean())
 
 
-def recipe_columns(run_spec: dict[str, Any]) -> dict[str, str]:
-    """The training recipe a prediction file's run_spec records, as short table columns (the training
-    table, the blend report). Files from before recipes were recorded trained the reference recipe."""
-    recipe = run_spec.get("recipe")
-    if not recipe:
-        return {
-            "optimizer": REFERENCE_RECIPE["optimizer"],
-            "schedule": REFERENCE_RECIPE["schedule"],
-            "loss": REFERENCE_RECIPE["loss"],
-            "extras": "-",
-        }
+def recipe_summary(preds: Predictions) -> dict[str, str]:
+    """The training recipe as short table columns: as training described it (pipeline.training.recipe.
+    recipe_columns), or, for a file from before it did, the options' names."""
+    if preds.recipe_summary:
+        return preds.recipe_summary
+    recipe = preds.run_spec.get("recipe") or {}  # files from before recipes were recorded: the reference's
+    names = {group: (recipe.get(group) or {}).get("name", name) for group, name in _REFERENCE.items()}
+    return names | {"extras": "?" if recipe else "-"}
 
-    def option(group: str) -> str:
-        changed = changed_params(group, recipe[group])
-        return " ".join([recipe[group]["name"], *(f"{k}={v}" for k, v in changed.items())])
 
-    extras = []
-    if recipe["mixup"] != "none":
-        extras.append(recipe["mixup"] + ("" if recipe["mixup_alpha"] is None else f" {recipe['mixup_alpha']}"))
-    if recipe["ema"]:
-        extras.append(f"ema {recipe['ema_decay']}")
-    if recipe["lr_find"]:
-        extras.append("lr find")
-    if recipe["seed"] is not None:
-        extras.append(f"seed {recipe['seed']}")
-    extras += [f"+{name}" + ("" if w == 1 else f" x{w}") for name, w in recipe["aux_targets"].items()]
-    return {
-        "optimizer": option("optimizer"),
-        "schedule": option("schedule"),
-        "loss": option("loss"),
-        "extras": ", ".join(extras) or "-",
-    }
+_REFERENCE = {"optimizer": "adam", "schedule": "fine_tune", "loss": "cross_entropy"}
 
 
 def save(preds: Predictions, path: str | Path) -> Path:

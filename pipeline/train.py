@@ -9,8 +9,9 @@ import hydra
 
 from pipeline.config import register_configs
 from pipeline.errors import exit_on_error
+from pipeline.training.recipe import GROUPS
 
-register_configs()
+register_configs(*GROUPS.values())
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -200,6 +200,22 @@ BAD_VALUES = [  # (root config, overrides, the one-line error)
     ("bench", ["bench.limit_steps=0"], "bench.limit_steps must be >= 1, got 0"),
     ("prepare_demo", ["demo.train_per_class=0"], "demo.train_per_class must be >= 1, got 0"),
     ("prepare_demo", ["demo.test_per_class=0"], "demo.test_per_class must be >= 1, got 0"),
+    # the recipe's options, ranged on their registry entries' schemas
+    ("config", ["train.time_budget_h=0"], "train.time_budget_h must be > 0, got 0.0"),
+    ("config", ["train.ema_decay=1.5"], "train.ema_decay must be in [0, 1), got 1.5"),
+    ("config", ["train.mixup_alpha=-1"], "train.mixup_alpha must be > 0, got -1.0"),
+    ("config", ["train.lr_find_steps=0"], "train.lr_find_steps must be >= 1, got 0"),
+    ("config", ["train.seed=-1"], "train.seed must be >= 0, got -1"),
+    ("config", ["train.fold=-1"], "train.fold must be >= 0, got -1"),
+    ("config", ["loss=label_smoothing", "loss.eps=1.5"], "loss.eps must be in [0, 1), got 1.5"),
+    ("config", ["optimizer.mom=1.5"], "optimizer.mom must be in [0, 1), got 1.5"),
+    ("config", ["optimizer.wd=-0.1"], "optimizer.wd must be >= 0, got -0.1"),
+    ("config", ["optimizer=ranger", "optimizer.k=0"], "optimizer.k must be >= 1, got 0"),
+    ("config", ["schedule.pct_start=2"], "schedule.pct_start must be in [0, 1], got 2.0"),
+    ("config", ["schedule=one_cycle", "schedule.div=0"], "schedule.div must be > 0, got 0.0"),
+    ("config", ["+data.aux_weights.variety=-1"], "data.aux_weights.variety must be >= 0, got -1.0"),
+    ("config", ["data.seed=-1"], "data.seed must be >= 0, got -1"),
+    ("blend", ["blend.seed=-1"], "blend.seed must be >= 0, got -1"),
 ]
 
 
@@ -221,6 +237,57 @@ def test_shipped_configs_are_in_range(config_name):
     check_ranges(compose(config_name))
     for f in sorted((CONF / "model").glob("*.yaml")):
         check_ranges(compose("config", [f"+model={f.stem}", "data=demo"]))
+
+
+def _schemas() -> list[type]:
+    """Every schema dataclass: the config package's and the registries' options."""
+    import dataclasses
+    import inspect
+
+    import pipeline.config as package
+    from pipeline.ensemble.weightings import WEIGHTINGS
+    from pipeline.training.recipe import GROUPS
+
+    modules = [getattr(package, m) for m in dir(package) if inspect.ismodule(getattr(package, m))]
+    members = [
+        (m, c) for m in modules for _, c in inspect.getmembers(m, inspect.isclass) if dataclasses.is_dataclass(c)
+    ]
+    found = {c for m, c in members if c.__module__ == m.__name__ != "pipeline.config.ranges"}
+    found |= {e.schema for r in [*GROUPS.values(), WEIGHTINGS] for e in r.entries() if e.schema}
+    return sorted(found, key=lambda c: c.__qualname__)
+
+
+def test_every_numeric_option_declares_its_range():
+    """A new number in any schema fails here until its field says what it allows (pipeline/config/ranges.py)."""
+    import dataclasses
+    import typing
+
+    from pipeline.config.ranges import RANGE, Range
+
+    unranged = []
+    for schema in _schemas():
+        for f in dataclasses.fields(schema):
+            hint = typing.get_type_hints(schema)[f.name]
+            leaves = {a for arg in typing.get_args(hint) or (hint,) for a in (typing.get_args(arg) or (arg,))}
+            if leaves & {int, float} and not isinstance(f.metadata.get(RANGE), Range):
+                unranged.append(f"{schema.__qualname__}.{f.name}")
+    assert len(_schemas()) >= 30 and unranged == []
+
+
+def test_an_unknown_registry_name_is_one_line_listing_the_known_ones():
+    from pipeline.ensemble.compute import compute_blend
+    from pipeline.training.specs import resolve_runs
+
+    with pytest.raises(PipelineError) as e:
+        compute_blend(compose("blend", ["blend.weighting=nope", "data=demo"]))
+    assert str(e.value) == (
+        "unknown weighting 'nope': choose one of config, equal, greedy, optimize (blend.weighting in conf/blend.yaml)"
+    )
+    with pytest.raises(PipelineError) as e:
+        resolve_runs(compose("config", ["+model=effnet_lite0", "optimizer.name=adamw"]))
+    assert str(e.value) == (
+        "unknown optimizer 'adamw': choose one of adam, sgd, rmsprop, radam, qhadam, lamb, ranger (conf/optimizer/)"
+    )
 
 
 def test_every_command_checks_ranges_before_reading_anything(tmp_path):

@@ -20,7 +20,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline import predictions
-from pipeline.config import RECIPE_OPTIONS, KaggleLauncherConfig
+from pipeline.config import KaggleLauncherConfig
 from pipeline.data.competition import scan_competition
 from pipeline.data.demo import build_demo
 from pipeline.data.submission_csv import validate_submission
@@ -28,6 +28,7 @@ from pipeline.errors import PipelineError
 from pipeline.kaggle import code_dataset, notebook_ledger
 from pipeline.kaggle.kernels import Job, run_jobs
 from pipeline.training.provenance import run_hash
+from pipeline.training.recipe import GROUPS
 from pipeline.training.runner import train_model
 from pipeline.training.specs import resolve_runs
 from tests.conftest import FASHION_MNIST, compose
@@ -335,7 +336,7 @@ def test_the_pushed_script_carries_the_job_config_exactly(tmp_path, config):
 
 @pytest.mark.parametrize(
     "group, option",
-    [(group, option) for group, options in RECIPE_OPTIONS.items() for option in options],
+    [(group, option) for group, registry in GROUPS.items() for option in registry],
 )
 def test_the_notebooks_job_config_composes_there_as_it_was_composed_here(tmp_path, group, option):
     """Every recipe option's keys (adam's mom, ranger's ...) survive the trip to the notebook's Hydra."""
@@ -351,4 +352,4 @@ def test_the_notebooks_job_config_composes_there_as_it_was_composed_here(tmp_pat
         there = hydra_compose(config_name="config")
 
     assert OmegaConf.to_container(there) == OmegaConf.to_container(job)
-    assert there[group].name == option and OmegaConf.get_type(there[group]) is RECIPE_OPTIONS[group][option]
+    assert there[group].name == option and OmegaConf.get_type(there[group]) is GROUPS[group][option].schema

@@ -18,16 +18,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Weighting, check_ranges
+from pipeline.config import check_ranges
 from pipeline.data.submission_csv import accuracy_against, read_sample_submission
 from pipeline.ensemble.arithmetic import as_probs, blend_probs, leave_one_out_accuracy
 from pipeline.ensemble.members import Member, ValidationSet, assemble_members, shared_validation, validation_mismatch
+from pipeline.ensemble.weightings import WEIGHTINGS, Weighting
 from pipeline.errors import PipelineError
-from pipeline.predictions import Predictions, load, recipe_columns
+from pipeline.predictions import Predictions, load, recipe_summary
 
 log = logging.getLogger(__name__)
-
-SEARCHED = (Weighting.greedy, Weighting.optimize)  # weightings fitted on validation images
 
 
 def select_files(preds_dir: str | Path, patterns: list[str]) -> list[Path]:
@@ -68,17 +67,6 @@ def check_test_images(runs: list[Predictions], sample_path: Path, order: list[st
         f"other options unchanged (python -m pipeline.train {multi}+model={','.join(models)} data.root={data_root}) "
         "or leave them out with blend.runs"
     )
-
-
-def config_weights(members: list[Member], overrides: dict[str, float]) -> np.ndarray:
-    """blend.weights by member name, else the weight the run was trained with (its variant's, default 1)."""
-    unknown = set(overrides) - {m.name for m in members}
-    if unknown:
-        raise PipelineError(f"blend.weights names runs that are not blended: {sorted(unknown)}")
-    weights = np.array([overrides.get(m.name, m.weight) for m in members], dtype=np.float64)
-    if (weights < 0).any() or weights.sum() <= 0:
-        raise PipelineError(f"blend weights must be non-negative with a positive sum, got {weights.tolist()}")
-    return weights
 
 
 @dataclass
@@ -126,24 +114,20 @@ class BlendResult:
 
 
 def weigh(members: list[Member], valid: ValidationSet | None, blend_cfg: Any) -> dict[str, tuple[np.ndarray, Any]]:
-    """Weights of every weighting the members allow, each with the function that refits it on a
-    subset of the validation images (None where nothing is fitted), for the nested estimate."""
-    from pipeline.ensemble.weight_search import search_weights
+    """Weights of every weighting the members allow (the searched ones only where they share validation
+    images), each with the function that refits it on a subset of the validation images (None where
+    nothing is fitted), for the nested estimate."""
+    out: dict[str, tuple[np.ndarray, Any]] = {}
+    for entry in WEIGHTINGS.entries():
+        if entry.build.searched and valid is None:
+            continue
 
-    mean, seed = str(blend_cfg.mean), blend_cfg.seed
-    greedy = {k: blend_cfg.greedy[k] for k in ("steps", "init", "bags", "bag_fraction")}
-    fixed = {
-        "config": config_weights(members, dict(blend_cfg.weights)),
-        "equal": np.ones(len(members)),
-    }
-    out: dict[str, tuple[np.ndarray, Any]] = {name: (w / w.sum(), None) for name, w in fixed.items()}
-    if valid is not None:
-        for name in SEARCHED:
+        def fit(stack: np.ndarray, targets: np.ndarray, rule: Weighting = entry.build) -> np.ndarray:
+            weights = rule.fit(stack, targets, members, blend_cfg)
+            return weights / weights.sum()
 
-            def fit(stack: np.ndarray, targets: np.ndarray, name: str = name) -> np.ndarray:
-                return search_weights(name, stack, targets, mean, greedy, seed)
-
-            out[name] = (fit(valid.stack, valid.targets), fit)
+        stack, targets = (valid.stack, valid.targets) if valid is not None else (None, None)
+        out[entry.name] = (fit(stack, targets), fit if entry.build.searched else None)
     return out
 
 
@@ -152,6 +136,7 @@ def compute_blend(cfg: Any) -> BlendResult:
     from pipeline.ensemble.weight_search import cross_fitted
 
     check_ranges(cfg)
+    WEIGHTINGS[cfg.blend.weighting]  # an unknown name: one line listing the known ones, before any file is read
     runs = [load(f) for f in select_files(cfg.paths.preds, list(cfg.blend.runs))]
     sample_path = Path(cfg.data.root) / "sample_submission.csv"
     order = list(read_sample_submission(sample_path).image_id)
@@ -160,7 +145,7 @@ def compute_blend(cfg: Any) -> BlendResult:
     members = assemble_members(runs, order)
     weighting, mean = str(cfg.blend.weighting), str(cfg.blend.mean)
     mismatch = validation_mismatch(members)
-    if mismatch and weighting in SEARCHED:
+    if mismatch and WEIGHTINGS[weighting].build.searched:
         raise PipelineError(
             f"blend.weighting={weighting} searches weights on validation images all runs share, but {mismatch}: "
             "train them with data.split=holdout or kfold and one data.seed, pick such runs with blend.runs, "
@@ -240,7 +225,7 @@ def run_rows(
             {
                 "run": m.name,
                 "split": m.split + (f" x{len(m.runs)}" if len(m.runs) > 1 else ""),
-                **recipe_columns(m.runs[0].run_spec),
+                **recipe_summary(m.runs[0]),
                 **{f"w {name}": float(w.weights[i]) for name, w in weighted.items()},
                 "acc TTA": acc,
                 "log loss TTA": loss,
@@ -268,10 +253,7 @@ def weighting_rows(
     estimate (weights fitted on one half, scored on the other, swapped) and the test accuracy."""
     targets = None if valid is None else valid.targets
     rows = []
-    for name in Weighting:
-        if name not in weighted:
-            continue
-        w = weighted[name]
+    for name, w in weighted.items():
         acc, loss = _scores(targets, w.valid_probs, n_classes)
         nested_acc, nested_loss = _scores(targets, w.nested_probs, n_classes)
         rows.append(

@@ -127,15 +127,6 @@ def optimize_weights(stack: np.ndarray, targets: np.ndarray, mean: str) -> np.nd
     return result.x / result.x.sum()
 
 
-def search_weights(
-    weighting: str, stack: np.ndarray, targets: np.ndarray, mean: str, greedy: dict, seed: int
-) -> np.ndarray:
-    """Weights by a searched weighting: greedy (keys of blend.greedy) or optimize."""
-    if weighting == "greedy":
-        return greedy_weights(stack, targets, mean, seed=seed, **greedy)
-    return optimize_weights(stack, targets, mean)
-
-
 def cross_fitted(fit: Fit, stack: np.ndarray, targets: np.ndarray, mean: str, seed: int) -> np.ndarray:
     """The blend's probabilities for every validation image, each from weights fitted on the other
     half of the images (halves drawn with `seed`, then swapped): scoring these is a nested estimate,

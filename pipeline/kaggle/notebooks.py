@@ -15,8 +15,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline.config import RECIPE_OPTIONS, PathsConfig
+from pipeline.config import PathsConfig
 from pipeline.kaggle.code_dataset import CodeDataset
+from pipeline.training.recipe import GROUPS
 
 CODE_FILE = "train_job.py"
 TEMPLATE = Path(__file__).with_name("notebook_script.py")
@@ -40,9 +41,7 @@ def config_yaml(cfg: Any) -> str:
     """A primary config for `pipeline.train --config-path DIR --config-name config`: the composed job
     on top of the schema and its recipe options' schemas (e.g. optimizer/adam_schema, which has the
     `mom` that the base OptimizerConfig lacks), so that it is type-checked there as here."""
-    schemas = [
-        f"  - {group}: {cfg[group].name}_schema" for group, known in RECIPE_OPTIONS.items() if cfg[group].name in known
-    ]
+    schemas = [f"  - {group}: {cfg[group].name}_schema" for group, known in GROUPS.items() if cfg[group].name in known]
     return "\n".join(["defaults:", "  - train_schema", *schemas, "  - _self_", "", OmegaConf.to_yaml(cfg)])
 
 

@@ -1,5 +1,5 @@
-"""Build a fastai Learner for a run and fit it: timm body, gradient accumulation, fp16 on CUDA only,
-and the run's recipe (pipeline.training.recipe): optimizer, loss, targets, callbacks and schedule."""
+"""Build a fastai Learner for a run: timm body, gradient accumulation, fp16 on CUDA only,
+and the run's recipe (pipeline.training.recipe): optimizer, loss, targets and callbacks; lr_find."""
 
 from __future__ import annotations
 
@@ -66,16 +66,19 @@ def build_learner(
     from fastai.vision.learner import vision_learner
 
     from pipeline.data.train_csv import target_sizes
-    from pipeline.training.recipe import base_loss, optimizer_function, recipe_callbacks
+    from pipeline.training.losses import base_loss
+    from pipeline.training.optimizers import opt_func
+    from pipeline.training.recipe import recipe_callbacks
+    from pipeline.training.schedules import fine_tunes
     from pipeline.training.targets import MultiTargetLoss, error_rates
 
     recipe = run.recipe
     if aux:
         sizes = target_sizes(len(dls.vocab[0]), aux)  # dls.vocab: one vocab per target, the label's first
-        loss_func = MultiTargetLoss(sizes, [1.0, *(t.weight for t in aux)], lambda: base_loss(recipe))
+        loss_func = MultiTargetLoss(sizes, [1.0, *(t.weight for t in aux)], lambda: base_loss(recipe.loss))
         metrics = error_rates(["label", *(t.name for t in aux)], sizes)
     else:
-        sizes, loss_func, metrics = None, base_loss(recipe), error_rate
+        sizes, loss_func, metrics = None, base_loss(recipe.loss), error_rate
     callbacks = [
         GradientAccumulation(run.batch_size),
         stop_on_nonfinite_loss(),
@@ -87,7 +90,7 @@ def build_learner(
         pretrained=run.pretrained,
         n_out=sum(sizes) if sizes else None,
         loss_func=loss_func,
-        opt_func=optimizer_function(recipe),
+        opt_func=opt_func(recipe.optimizer),
         metrics=metrics,
         cbs=[*callbacks, *cbs],
         **timm_kwargs,
@@ -109,61 +112,6 @@ def build_learner(
         learn.add_cb(ChannelsLast())
     # Mixed precision only where it pays and is supported without warnings: CUDA.
     return learn.to_fp16() if device == "cuda" else learn
-
-
-def fine_tunes(run: RunSpec) -> bool:
-    """Whether the run trains with fine_tune: its schedule, on pretrained weights."""
-    return run.recipe.schedule["name"] == "fine_tune" and run.pretrained
-
-
-def final_fit(run: RunSpec) -> int:
-    """Which of the run's fits (0-based) trains its `run.epochs`: fine_tune's unfrozen stage is its second."""
-    return 1 if fine_tunes(run) else 0
-
-
-def fit(learn: Learner, run: RunSpec, start_epoch: int = 0) -> None:
-    """Train with the run's schedule (conf/schedule/), each a fastai fit method. `start_epoch` resumes
-    the final fit (final_fit) after that many epochs. fine_tune without pretrained weights: one-cycle."""
-    s = run.recipe.schedule
-    if fine_tunes(run):
-        learn.fine_tune(
-            run.epochs,
-            run.lr,
-            freeze_epochs=s["freeze_epochs"],
-            lr_mult=s["lr_mult"],
-            pct_start=s["pct_start"],
-            div=s["div"],
-            start_epoch=start_epoch,
-        )
-    elif s["name"] == "fine_tune":
-        learn.fit_one_cycle(run.epochs, run.lr, start_epoch=start_epoch)
-    elif s["name"] == "one_cycle":
-        lr = slice(run.lr / s["lr_mult"], run.lr)  # body, head
-        learn.fit_one_cycle(
-            run.epochs, lr, div=s["div"], div_final=s["div_final"], pct_start=s["pct_start"], start_epoch=start_epoch
-        )
-    elif s["name"] == "flat_cos":
-        fit_flat_cos(
-            learn, run.epochs, slice(run.lr / s["lr_mult"], run.lr), s["pct_start"], s["div_final"], start_epoch
-        )
-    else:
-        raise PipelineError(f"unknown schedule {s['name']!r}: choose fine_tune, one_cycle or flat_cos (conf/schedule/)")
-
-
-def fit_flat_cos(
-    learn: Learner, epochs: int, lr: float | slice, pct_start: float, div_final: float, start_epoch: int
-) -> None:
-    """fastai's Learner.fit_flat_cos, which fits from epoch 0 whatever start_epoch it is given (fastai
-    2.8): the same ParamScheduler, with start_epoch passed on so that a resumed run skips its done epochs."""
-    import numpy as np
-    from fastai.callback.schedule import ParamScheduler, combined_cos
-
-    if learn.opt is None:
-        learn.create_opt()
-    learn.opt.set_hyper("lr", lr)
-    lrs = np.array([h["lr"] for h in learn.opt.hypers])
-    scheduler = ParamScheduler({"lr": combined_cos(pct_start, lrs, lrs, lrs / div_final)})
-    learn.fit(epochs, cbs=scheduler, start_epoch=start_epoch)
 
 
 def find_lr(learn: Learner, steps: int) -> float:

@@ -1,9 +1,9 @@
 """A run's training recipe: optimizer, schedule, loss, batch regularisation, weight averaging, seed,
 lr finding and extra targets, read from config, named, and turned into fastai's own pieces.
 
-Fastai's way throughout: the optimizer is the Learner's `opt_func`, the loss its `loss_func`, MixUp,
-CutMix and weight averaging are callbacks, and the schedules are fastai's fit methods
-(pipeline.training.learner.fit). The recipe is part of every RunSpec, so it is part of the run's
+Fastai's way throughout: the optimizer is the Learner's `opt_func` (pipeline.training.optimizers), the
+loss its `loss_func` (losses), MixUp, CutMix and weight averaging are callbacks, and the schedules are
+fastai's fit methods (schedules). The recipe is part of every RunSpec, so it is part of the run's
 identity hash and of the prediction file's run_spec.
 
 Config: the groups conf/optimizer/, conf/schedule/, conf/loss/ and the keys train.seed, train.lr,
@@ -12,46 +12,37 @@ train.mixup*, train.ema* (conf/config.yaml), data.aux_targets and data.aux_weigh
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import (
-    RECIPE_OPTIONS,
-    REFERENCE_RECIPE,
-    AdamConfig,
-    CrossEntropyConfig,
-    FineTuneConfig,
-    changed_params,
-    to_container,
-)
+from pipeline.config import TrainAppConfig, to_container
 from pipeline.errors import PipelineError
+from pipeline.registry import Registry
+from pipeline.training.losses import LOSSES
+from pipeline.training.optimizers import OPTIMIZERS
+from pipeline.training.schedules import SCHEDULES
 
 if TYPE_CHECKING:
     from fastai.callback.core import Callback
 
-# conf/optimizer/<name>.yaml -> fastai.optimizer's function
-OPTIMIZERS = {
-    "adam": "Adam",
-    "sgd": "SGD",
-    "rmsprop": "RMSProp",
-    "radam": "RAdam",
-    "qhadam": "QHAdam",
-    "lamb": "Lamb",
-    "ranger": "ranger",
-}
+GROUPS: dict[str, Registry[Any]] = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "loss": LOSSES}
+REFERENCE_RECIPE = {"optimizer": "adam", "schedule": "fine_tune", "loss": "cross_entropy"}  # config.yaml's defaults
 MAIN_TARGET = "label"  # the train_images/<label>/ folders; train.csv's label column
+
+
+def _reference(group: str) -> Callable[[], dict[str, Any]]:
+    return lambda: GROUPS[group][REFERENCE_RECIPE[group]].defaults()
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How a run trains, beyond its model file. The defaults are the reference recipe (fast.ai lesson 7)."""
 
-    optimizer: dict[str, Any] = field(default_factory=lambda: asdict(AdamConfig()))
-    schedule: dict[str, Any] = field(default_factory=lambda: asdict(FineTuneConfig()))
-    loss: dict[str, Any] = field(default_factory=lambda: asdict(CrossEntropyConfig()))
+    optimizer: dict[str, Any] = field(default_factory=_reference("optimizer"))
+    schedule: dict[str, Any] = field(default_factory=_reference("schedule"))
+    loss: dict[str, Any] = field(default_factory=_reference("loss"))
     mixup: str = "none"  # none | mixup | cutmix
     mixup_alpha: float | None = None  # None: fastai's default for the kind
     ema: bool = False
@@ -63,12 +54,13 @@ class Recipe:
     aux_targets: dict[str, float] = field(default_factory=dict)  # train.csv column -> loss weight, in order
 
 
-def recipe_from_config(cfg: Any) -> Recipe:
+def recipe_from_config(cfg: TrainAppConfig) -> Recipe:
     """The recipe of a train config; bad values are one clear line."""
     train, data = cfg.train, cfg.data
-    lr = train.lr
-    if isinstance(lr, str) and lr != "find":
-        raise PipelineError(f"train.lr must be a number or find, got {lr!r}")
+    if isinstance(train.lr, str) and train.lr != "find":
+        raise PipelineError(f"train.lr must be a number or find, got {train.lr!r}")
+    for group, registry in GROUPS.items():
+        registry[cfg[group].name]  # an option no registry knows (a schema-less file) is refused here
     return Recipe(
         optimizer=to_container(cfg.optimizer),
         schedule=to_container(cfg.schedule),
@@ -78,7 +70,7 @@ def recipe_from_config(cfg: Any) -> Recipe:
         ema=train.ema,
         ema_decay=train.ema_decay,
         ema_warmup=train.ema_warmup,
-        lr_find=lr == "find",
+        lr_find=train.lr == "find",
         lr_find_steps=train.lr_find_steps,
         seed=train.seed,
         aux_targets=aux_weights(list(data.aux_targets), dict(data.aux_weights)),
@@ -96,8 +88,6 @@ def aux_weights(names: list[str], weights: dict[str, float]) -> dict[str, float]
         raise PipelineError(f"data.aux_targets lists a column twice: {names}")
     if unknown := sorted(set(weights) - set(names)):
         raise PipelineError(f"data.aux_weights names {unknown}, which data.aux_targets {names} does not list")
-    if negative := {k: w for k, w in weights.items() if w < 0}:
-        raise PipelineError(f"data.aux_weights must not be negative, got {negative}")
     return {name: float(weights.get(name, 1.0)) for name in names}
 
 
@@ -105,64 +95,75 @@ def _num(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else format(value, "g")
 
 
-def _option_tag(group: str, chosen: dict[str, Any]) -> str:
-    changed = changed_params(group, chosen)
+def option_tag(group: str, chosen: dict[str, Any]) -> str:
+    """How a run's name shows a group's option: '' for the reference option at its defaults."""
+    entry = GROUPS[group][chosen["name"]]
+    changed = entry.changed(chosen)
+    if entry.tag:
+        return entry.tag(chosen)
     if chosen["name"] == REFERENCE_RECIPE[group] and not changed:
         return ""
     return chosen["name"] + "".join(f"-{k}{_num(v)}" for k, v in changed.items())
 
 
+@dataclass(frozen=True)
+class Extra:
+    """A recipe key beyond the groups, as a run's name tag and as the tables' extras column show it."""
+
+    used: Callable[[Recipe], bool]
+    tag: Callable[[Recipe], str]
+    column: Callable[[Recipe], str]
+
+
+def _alpha(r: Recipe, sep: str) -> str:
+    return "" if r.mixup_alpha is None else sep + _num(r.mixup_alpha)
+
+
+# The extras in the order a run's name shows them; adding a recipe key is one entry here.
+EXTRAS: dict[str, Extra] = {
+    "mixup": Extra(lambda r: r.mixup != "none", lambda r: r.mixup + _alpha(r, ""), lambda r: r.mixup + _alpha(r, " ")),
+    "ema": Extra(
+        lambda r: r.ema,
+        lambda r: (
+            "ema"
+            + ("" if r.ema_decay == Recipe.ema_decay else _num(r.ema_decay))
+            + ("" if r.ema_warmup else "-nowarmup")
+        ),
+        lambda r: f"ema {r.ema_decay}",
+    ),
+    "lr_find": Extra(
+        lambda r: r.lr_find,
+        lambda r: "lrfind" + ("" if r.lr_find_steps == Recipe.lr_find_steps else str(r.lr_find_steps)),
+        lambda r: "lr find",
+    ),
+    "seed": Extra(lambda r: r.seed is not None, lambda r: f"seed{r.seed}", lambda r: f"seed {r.seed}"),
+    "aux_targets": Extra(
+        lambda r: bool(r.aux_targets),
+        lambda r: "_".join(f"aux-{n}" + ("" if w == 1 else _num(w)) for n, w in r.aux_targets.items()),
+        lambda r: ", ".join(f"+{n}" + ("" if w == 1 else f" x{w}") for n, w in r.aux_targets.items()),
+    ),
+}
+
+
 def recipe_tag(recipe: Recipe) -> str:
     """What differs from the reference recipe, for run names: '' for the reference recipe, else e.g.
     '_ranger_ls0.1', '_sgd-mom0.8_flat_cos_cutmix_ema_seed1_aux-variety'."""
-    reference = Recipe()
-    parts = [_option_tag("optimizer", recipe.optimizer), _option_tag("schedule", recipe.schedule)]
-    if recipe.loss["name"] == "label_smoothing":
-        parts.append(f"ls{_num(recipe.loss['eps'])}")
-    else:
-        parts.append(_option_tag("loss", recipe.loss))
-    if recipe.mixup != "none":
-        parts.append(recipe.mixup + ("" if recipe.mixup_alpha is None else _num(recipe.mixup_alpha)))
-    if recipe.ema:
-        decay = "" if recipe.ema_decay == reference.ema_decay else _num(recipe.ema_decay)
-        parts.append(f"ema{decay}" + ("" if recipe.ema_warmup else "-nowarmup"))
-    if recipe.lr_find:
-        parts.append("lrfind" + ("" if recipe.lr_find_steps == reference.lr_find_steps else str(recipe.lr_find_steps)))
-    if recipe.seed is not None:
-        parts.append(f"seed{recipe.seed}")
-    parts += [f"aux-{name}" + ("" if w == 1 else _num(w)) for name, w in recipe.aux_targets.items()]
+    parts = [option_tag(group, getattr(recipe, group)) for group in GROUPS]
+    parts += [extra.tag(recipe) for extra in EXTRAS.values() if extra.used(recipe)]
     return "".join(f"_{p}" for p in parts if p)
 
 
-def optimizer_function(recipe: Recipe) -> Any:
-    """fastai's optimizer function with the recipe's hyper-parameters: the Learner's opt_func."""
-    from functools import partial
+def recipe_columns(recipe: Recipe) -> dict[str, str]:
+    """The recipe as short table columns (the training table, and the blend report through the
+    prediction file): each group's option with the hyper-parameters that differ, and the extras."""
 
-    import fastai.optimizer
+    def option(group: str) -> str:
+        chosen = getattr(recipe, group)
+        changed = GROUPS[group][chosen["name"]].changed(chosen)
+        return " ".join([chosen["name"], *(f"{k}={v}" for k, v in changed.items())])
 
-    params = dict(recipe.optimizer)
-    name = params.pop("name")
-    if name not in OPTIMIZERS:
-        raise PipelineError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)} (conf/optimizer/)")
-    function = getattr(fastai.optimizer, OPTIMIZERS[name])
-    takes = set(inspect.signature(function).parameters) - {"params", "lr"}
-    if name == "ranger":  # ranger passes its other keywords on to RAdam
-        takes |= set(inspect.signature(fastai.optimizer.RAdam).parameters) - {"params", "lr"}
-    if unknown := sorted(set(params) - takes):
-        raise PipelineError(f"optimizer {name} does not take {unknown}: it takes {sorted(takes)}")
-    return partial(function, **params)
-
-
-def base_loss(recipe: Recipe) -> Any:
-    """A new instance of the recipe's loss for one target (fastai's flat losses: activation softmax)."""
-    from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
-
-    name = recipe.loss["name"]
-    if name == "cross_entropy":
-        return CrossEntropyLossFlat()
-    if name == "label_smoothing":
-        return LabelSmoothingCrossEntropyFlat(eps=recipe.loss["eps"])
-    raise PipelineError(f"unknown loss {name!r}: choose one of {', '.join(RECIPE_OPTIONS['loss'])} (conf/loss/)")
+    extras = [extra.column(recipe) for extra in EXTRAS.values() if extra.used(recipe)]
+    return {group: option(group) for group in GROUPS} | {"extras": ", ".join(extras) or "-"}
 
 
 def recipe_callbacks(recipe: Recipe, n_targets: int = 1) -> list[Callback]:

@@ -27,10 +27,11 @@ from pipeline.data.competition import Competition, scan_competition
 from pipeline.data.splits import Split, make_split
 from pipeline.data.train_csv import read_aux_targets
 from pipeline.errors import PipelineError, one_line
-from pipeline.predictions import Predictions, load, recipe_columns, save
+from pipeline.predictions import Predictions, load, save
 from pipeline.tables import format_table
 from pipeline.training.checkpoints import RunCheckpoint
 from pipeline.training.provenance import environment, run_hash
+from pipeline.training.recipe import recipe_columns
 from pipeline.training.specs import RunSpec, chosen_model, resolve_runs
 from pipeline.training.time_budget import TimeBudget, TimeBudgetSpent
 
@@ -102,8 +103,9 @@ def train_run(
     from hydra.utils import instantiate
 
     from pipeline.data.train_csv import target_sizes
-    from pipeline.training.learner import final_fit, find_lr, fit, last_valid_error, run_learner
+    from pipeline.training.learner import find_lr, last_valid_error, run_learner
     from pipeline.training.recipe import seeded
+    from pipeline.training.schedules import final_fit, fit
     from pipeline.training.targets import split_outputs
     from pipeline.training.tta import tta
 
@@ -190,6 +192,7 @@ def train_run(
         environment=env,
         aux_targets=aux_records,
         lr_found=lr_found,
+        recipe_summary=recipe_columns(run.recipe),
     )
 
 
@@ -376,7 +379,7 @@ def attempt(
         run.micro_batch,
         run.epochs,
         "find" if run.recipe.lr_find else format(run.lr, "g"),
-        "; ".join(f"{k} {v}" for k, v in recipe_columns(asdict(run)).items()),
+        "; ".join(f"{k} {v}" for k, v in recipe_columns(run.recipe).items()),
     )
     ckpt = RunCheckpoint(Path(cfg.paths.checkpoints) / f"{run.name}-{identity}") if cfg.train.checkpoint else None
     start = time.perf_counter()
@@ -438,7 +441,7 @@ def results_table(results: list[RunResult]) -> str:
                 "size": "x".join(map(str, r.run.size)),
                 "accum": r.accum or r.run.accum,
                 "epochs": r.run.epochs,
-                **recipe_columns(asdict(r.run)),
+                **recipe_columns(r.run.recipe),
                 "valid err": num(r.valid_error, ".4f"),
                 "valid err TTA": num(r.valid_error_tta, ".4f"),
                 "aux err": ", ".join(f"{k} {v:.4f}" for k, v in r.aux_errors.items()) or "-",

@@ -1,0 +1,31 @@
+"""data: the competition's folder and how its training images are split (conf/data/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from omegaconf import MISSING
+
+from pipeline.config.ranges import NON_NEGATIVE, OPEN_FRACTION, Range, ranged
+
+
+class SplitStrategy(StrEnum):
+    random = "random"
+    holdout = "holdout"
+    kfold = "kfold"
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = MISSING
+    competition: str = "paddy-disease-classification"
+    split: SplitStrategy = SplitStrategy.holdout
+    valid_pct: float = ranged(0.2, OPEN_FRACTION)
+    folds: int = ranged(5, Range(2))
+    seed: int | None = ranged(42, NON_NEGATIVE)
+    num_workers: int | None = ranged(None, NON_NEGATIVE)
+    test_labels: str | None = None
+    aux_targets: list[str] = field(default_factory=list)
+    aux_weights: dict[str, float] = ranged(allowed=NON_NEGATIVE, default_factory=dict)
