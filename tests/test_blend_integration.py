@@ -59,11 +59,12 @@ def test_three_holdout_runs_blended_with_every_weighting(demo_root, holdout_pred
     result = blend(blend_cfg(demo_root, holdout_preds, output, "blend.weighting=greedy"))
     assert list(pd.read_csv(output).image_id) == list(pd.read_csv(demo_root / "sample_submission.csv").image_id)
     rows = {r["weighting"]: r for r in result.weighting_rows}
-    assert list(rows) == ["config", "equal", "greedy *", "optimize"]
+    assert list(rows) == ["config", "equal", "greedy *", "optimize", "best"]
     for row in rows.values():
         assert all(0 <= row[k] <= 1 for k in ("valid acc", "nested acc", "test acc"))
         assert row["valid log loss"] > 0 and row["nested log loss"] > 0
     assert rows["equal"]["nested acc"] == rows["equal"]["valid acc"]  # nothing fitted, nothing to flatter
+    assert rows["best"]["runs used"] == 1
     assert result.chosen.weights.sum() == pytest.approx(1.0)
     for row in result.run_rows:
         assert row["acc no TTA"] is not None and row["blend acc without it"] is not None
@@ -72,7 +73,7 @@ def test_three_holdout_runs_blended_with_every_weighting(demo_root, holdout_pred
     assert "Weightings" in report and "nested acc" in report and "precision" in report
     assert "data:image/png;base64," in report and output.with_suffix(".confusion.png").stat().st_size > 1000
     record = json.loads((tmp_path / "sub.csv.json").read_text())
-    assert record["weighting"] == "greedy" and len(record["runs"]) == 3 and len(record["weightings"]) == 4
+    assert record["weighting"] == "greedy" and len(record["runs"]) == 3 and len(record["weightings"]) == 5
 
 
 def test_kfold_variant_becomes_one_out_of_fold_member(demo_root, kfold_preds, tmp_path):

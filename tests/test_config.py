@@ -281,7 +281,8 @@ def test_an_unknown_registry_name_is_one_line_listing_the_known_ones():
     with pytest.raises(PipelineError) as e:
         compute_blend(compose("blend", ["blend.weighting=nope", "data=demo"]))
     assert str(e.value) == (
-        "unknown weighting 'nope': choose one of config, equal, greedy, optimize (blend.weighting in conf/blend.yaml)"
+        "unknown weighting 'nope': choose one of config, equal, greedy, optimize, best"
+        " (blend.weighting in conf/blend.yaml)"
     )
     with pytest.raises(PipelineError) as e:
         resolve_runs(compose("config", ["+model=effnet_lite0", "optimizer.name=adamw"]))

@@ -133,3 +133,15 @@ def test_search_scales_to_many_runs_and_images():
     optimized = optimize_weights(stack, targets, "arithmetic")
     leave_one_out_accuracy(stack, optimized, targets, "arithmetic")
     assert greedy.sum() == pytest.approx(1.0) and optimized.sum() == pytest.approx(1.0)
+
+
+def test_best_puts_all_weight_on_the_run_with_the_lowest_log_loss():
+    from pipeline.ensemble.weightings import WEIGHTINGS
+
+    stack, targets = noisy_runs(3, 400, 5, skill=[0.5, 3.0, 1.5])
+    best = WEIGHTINGS["best"].build
+    weights = best.fit(stack, targets, [None] * 3, None)
+    assert best.searched and weights.tolist() == [0.0, 1.0, 0.0]
+    # refitted on each half for the nested estimate, it still finds the clearly better run
+    nested = cross_fitted(lambda s, t: best.fit(s, t, [None] * 3, None), stack, targets, "arithmetic", seed=0)
+    np.testing.assert_allclose(nested, stack[1], rtol=1e-6)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.config.blend import GreedyConfig
+from pipeline.ensemble.arithmetic import EPS
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry
 
@@ -68,6 +69,12 @@ def _optimize(stack: np.ndarray, targets: np.ndarray, members: list[Member], ble
     return optimize_weights(stack, targets, str(blend.mean))
 
 
+def _best(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: Any) -> np.ndarray:
+    """All the weight on the member with the lowest validation log loss: what blending adds over it."""
+    true = np.clip(stack[:, np.arange(len(targets)), targets].astype(np.float64), EPS, 1.0)
+    return np.eye(len(members))[int(np.argmin(-np.log(true).mean(1)))]
+
+
 WEIGHTINGS.add("config", Weighting(_config, searched=False), "each run's weight from its model file or blend.weights")
 WEIGHTINGS.add("equal", Weighting(_equal, searched=False), "every run alike: the reference recipe's plain average")
 WEIGHTINGS.add(
@@ -79,3 +86,4 @@ WEIGHTINGS.add(
 WEIGHTINGS.add(
     "optimize", Weighting(_optimize, searched=True), "the weights minimising validation log loss (scipy L-BFGS-B)"
 )
+WEIGHTINGS.add("best", Weighting(_best, searched=True), "the single run with the lowest validation log loss")
