@@ -154,8 +154,8 @@ def compute_blend(cfg: Any) -> BlendResult:
     from pipeline.ensemble.weight_search import cross_fitted
 
     check_ranges(cfg)
+    layout = Layout.from_config(cfg.data)  # a config error before any file is read
     runs = [load(f) for f in select_files(cfg.paths.preds, list(cfg.blend.runs))]
-    layout = Layout.from_config(cfg.data)
     sample_path = Path(cfg.data.root) / layout.sample_submission
     order = list(read_sample_submission(sample_path, layout)[layout.id_column])
     check_test_images(runs, sample_path, order, cfg.data.root)
