@@ -22,30 +22,32 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import check_ranges, to_container
+from pipeline.data.layout import PADDY, Layout
 from pipeline.errors import PipelineError
 from pipeline.tables import format_table
 from pipeline.training.specs import RunSpec
 
 
-def replicate_sample(sample: Path, root: Path, n_train: int, n_test: int) -> Path:
-    """A competition folder of `n_train` + `n_test` copies of the photos in `sample`/train_images, under
-    new ids (distinct files, so no cache or page cache sees them as one). Built once, then reused."""
-    if (root / "sample_submission.csv").is_file():
+def replicate_sample(sample: Path, root: Path, n_train: int, n_test: int, layout: Layout = PADDY) -> Path:
+    """A competition folder in `layout` of `n_train` + `n_test` copies of the photos in `sample` (Paddy's
+    layout: the label folders of train_images), under new ids (distinct files, so no cache or page cache
+    sees them as one). Built once, then reused."""
+    if (root / layout.sample_submission).is_file():
         return root
-    photos = sorted((sample / "train_images").glob("*/*.jpg"))
+    photos = sorted((sample / PADDY.train_dir).glob("*/*.jpg"))
     if not photos:
-        raise PipelineError(f"no photos in {sample}/train_images/<label>/: set bench.sample or data.root")
+        raise PipelineError(f"no photos in {sample}/{PADDY.train_dir}/<label>/: set bench.sample or data.root")
     tmp = root.with_name(f".{root.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for i in range(n_train):
         src = photos[i % len(photos)]
-        (tmp / "train_images" / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, tmp / "train_images" / src.parent.name / f"{300000 + i}.jpg")
-    (tmp / "test_images").mkdir(parents=True)
+        (tmp / layout.train_dir / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, tmp / layout.train_dir / src.parent.name / f"{300000 + i}.jpg")
+    (tmp / layout.test_dir).mkdir(parents=True)
     ids = [f"{200001 + i}.jpg" for i in range(n_test)]
     for i, name in enumerate(ids):
-        shutil.copy(photos[i % len(photos)], tmp / "test_images" / name)
-    pd.DataFrame({"image_id": ids, "label": ""}).to_csv(tmp / "sample_submission.csv", index=False)
+        shutil.copy(photos[i % len(photos)], tmp / layout.test_dir / name)
+    pd.DataFrame({layout.id_column: ids, layout.label_column: ""}).to_csv(tmp / layout.sample_submission, index=False)
     tmp.rename(root)
     return root
 
@@ -124,7 +126,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def reference(cfg: Any, root: Path, test_files: list[Path], device: str, timm_kwargs: dict) -> tuple[Timed, Any]:
+def reference(cfg: Any, train_dir: Path, test_files: list[Path], device: str, timm_kwargs: dict) -> tuple[Timed, Any]:
     """The recipe of fast.ai's lesson 7 written plainly with fastai (no pipeline code)."""
     from fastai.vision.all import (
         GradientAccumulation,
@@ -139,7 +141,7 @@ def reference(cfg: Any, root: Path, test_files: list[Path], device: str, timm_kw
     rss = PeakRSS()
     with rss.track():
         dls = ImageDataLoaders.from_folder(
-            root / "train_images",
+            train_dir,
             valid_pct=cfg.data.valid_pct,
             seed=cfg.data.seed,
             item_tfms=Resize(b.item_size, method="squish"),
@@ -250,10 +252,10 @@ def run_benchmark(cfg: Any) -> str:
 
     check_ranges(cfg)
     b = cfg.bench
-    root = Path(cfg.data.root)
+    root, layout = Path(cfg.data.root), Layout.from_config(cfg.data)
     if not root.exists():
-        replicate_sample(Path(b.sample), root, b.images, b.test_images)
-    comp = scan_competition(root)
+        replicate_sample(Path(b.sample), root, b.images, b.test_images, layout)
+    comp = scan_competition(root, layout)
     device = pick_device("auto")
     weights = str(convert_lite_weights(b.arch, cfg.paths.weights)) if b.arch in LITE_PACKAGES else None
     run = RunSpec(
@@ -280,7 +282,7 @@ def run_benchmark(cfg: Any) -> str:
         sides = ["reference", "pipeline"] if r % 2 == 0 else ["pipeline", "reference"]
         for side in sides:
             if side == "reference":
-                timed, learn = reference(cfg, root, comp.test_files, device, kwargs)
+                timed, learn = reference(cfg, comp.train_dir, comp.test_files, device, kwargs)
                 model = learn.model
                 del learn
             else:

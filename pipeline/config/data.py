@@ -29,3 +29,10 @@ class DataConfig:
     test_labels: str | None = None
     aux_targets: list[str] = field(default_factory=list)
     aux_weights: dict[str, float] = ranged(allowed=NON_NEGATIVE, default_factory=dict)
+    # The competition's layout inside root and its CSV columns (Paddy's; pipeline/data/layout.py checks them).
+    train_dir: str = "train_images"
+    test_dir: str = "test_images"
+    sample_submission: str = "sample_submission.csv"
+    train_csv: str = "train.csv"
+    id_column: str = "image_id"
+    label_column: str = "label"

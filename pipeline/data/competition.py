@@ -1,10 +1,11 @@
 """The competition layout: scan and check a data folder before anything is trained.
 
-Layout (as Kaggle's Paddy Doctor ships it):
-    train_images/<label>/<image_id>.jpg
-    test_images/<image_id>.jpg
-    sample_submission.csv     image_id,label   (one row per test image; its order is the submission's)
-    train.csv                 optional metadata, not needed for training
+Layout (as Kaggle's Paddy Doctor ships it; each name is a data.* key, pipeline/data/layout.py):
+    train_images/<label>/<image_id>.jpg     data.train_dir
+    test_images/<image_id>.jpg              data.test_dir
+    sample_submission.csv                   data.sample_submission: data.id_column,data.label_column
+                                            (image_id,label), one row per test image; its order is the submission's
+    train.csv                               data.train_csv: optional metadata, not needed for training
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.data.layout import PADDY, Layout
 from pipeline.data.submission_csv import read_sample_submission
 from pipeline.errors import PipelineError
 
@@ -31,12 +33,29 @@ class Competition:
     root: Path
     vocab: list[str]
     train_files: list[Path]
-    test_files: list[Path]  # in sample_submission.csv's row order
+    test_files: list[Path]  # in the sample submission's row order
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    layout: Layout = PADDY
 
     @property
     def test_ids(self) -> list[str]:
         return [f.name for f in self.test_files]
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / self.layout.train_dir
+
+    @property
+    def test_dir(self) -> Path:
+        return self.root / self.layout.test_dir
+
+    @property
+    def sample_path(self) -> Path:
+        return self.root / self.layout.sample_submission
+
+    @property
+    def train_csv_path(self) -> Path:
+        return self.root / self.layout.train_csv
 
     @cached_property
     def fingerprint(self) -> str:
@@ -83,7 +102,39 @@ def too_deep(mode: str | None) -> bool:
     return mode is not None and (mode in ("I", "F") or mode.startswith("I;16"))
 
 
-def scan_competition(root: str | Path) -> Competition:
+def _train_files(train_dir: Path, layout: Layout) -> tuple[list[Path], int]:
+    """Every image in the label folders, and how many label folders there are."""
+    label_dirs = sorted(p for p in train_dir.iterdir() if p.is_dir())
+    if not label_dirs:
+        raise PipelineError(f"{train_dir} has no label folders: expected {layout.train_dir}/<label>/<image>.jpg")
+    train_files = []
+    for d in label_dirs:
+        files = _images(d)
+        if not files:
+            raise PipelineError(f"label folder {d} has no images: add its images or remove the folder")
+        train_files += files
+    return train_files, len(label_dirs)
+
+
+def _test_files(root: Path, layout: Layout) -> list[Path]:
+    """The test images in the sample submission's row order; every row needs its image."""
+    test_dir = root / layout.test_dir
+    sample = read_sample_submission(root / layout.sample_submission, layout)
+    ids = sample[layout.id_column]
+    test_by_name = {p.name: p for p in _images(test_dir)}
+    missing = [i for i in ids if i not in test_by_name]
+    if missing:
+        raise PipelineError(
+            f"{layout.sample_submission} lists {len(missing)} image(s) not in {test_dir} (e.g. {missing[0]}): "
+            "the sample submission does not match the test images"
+        )
+    extra = len(test_by_name) - len(sample)
+    if extra:
+        log.warning("%d file(s) in %s are not in %s: not predicted", extra, test_dir, layout.sample_submission)
+    return [test_by_name[i] for i in ids]
+
+
+def scan_competition(root: str | Path, layout: Layout = PADDY) -> Competition:
     """Find and check every file training and prediction will need, before anything is trained.
 
     Unreadable training images are skipped with a warning naming each; an unreadable test image
@@ -93,32 +144,15 @@ def scan_competition(root: str | Path) -> Competition:
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"data folder {root} does not exist: set data.root to a competition folder")
-    train_dir, test_dir = root / "train_images", root / "test_images"
+    train_dir, test_dir = root / layout.train_dir, root / layout.test_dir
     for d in (train_dir, test_dir):
         if not d.is_dir():
-            raise PipelineError(f"{d} is missing: data.root must hold train_images/<label>/ and test_images/")
-    label_dirs = sorted(p for p in train_dir.iterdir() if p.is_dir())
-    if not label_dirs:
-        raise PipelineError(f"{train_dir} has no label folders: expected train_images/<label>/<image>.jpg")
-    train_files = []
-    for d in label_dirs:
-        files = _images(d)
-        if not files:
-            raise PipelineError(f"label folder {d} has no images: add its images or remove the folder")
-        train_files += files
-
-    sample = read_sample_submission(root / "sample_submission.csv")
-    test_by_name = {p.name: p for p in _images(test_dir)}
-    missing = [i for i in sample.image_id if i not in test_by_name]
-    if missing:
-        raise PipelineError(
-            f"sample_submission.csv lists {len(missing)} image(s) not in {test_dir} (e.g. {missing[0]}): "
-            "the sample submission does not match the test images"
-        )
-    extra = len(test_by_name) - len(sample)
-    if extra:
-        log.warning("%d file(s) in %s are not in sample_submission.csv: not predicted", extra, test_dir)
-    test_files = [test_by_name[i] for i in sample.image_id]
+            raise PipelineError(
+                f"{d} is missing: data.root must hold {layout.train_dir}/<label>/ and {layout.test_dir}/ "
+                "(data.train_dir, data.test_dir)"
+            )
+    train_files, n_labels = _train_files(train_dir, layout)
+    test_files = _test_files(root, layout)
 
     checked = {p: inspect_image(p) for p in [*test_files, *train_files]}
     bad_test = [(p, r) for p in test_files if (r := checked[p][1])]
@@ -138,6 +172,6 @@ def scan_competition(root: str | Path) -> Competition:
     bad = {p for p, _ in skipped}
     train_files = [p for p in train_files if p not in bad]
     vocab = sorted({p.parent.name for p in train_files})
-    if len(vocab) < len(label_dirs):
+    if len(vocab) < n_labels:
         raise PipelineError(f"after skipping unreadable images, some label folders in {train_dir} are empty")
-    return Competition(root, vocab, train_files, test_files, skipped)
+    return Competition(root, vocab, train_files, test_files, skipped, layout)

@@ -1,4 +1,5 @@
-"""The offline demo dataset: real Fashion-MNIST photos laid out as the Paddy competition.
+"""The offline demo dataset: real Fashion-MNIST photos laid out as the Paddy competition (layout.PADDY,
+which conf/data/demo.yaml names).
 
 Source: Debian's package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist/, idx gzip files),
 or the same four files from github.com/zalandoresearch/fashion-mnist (folder data/fashion).
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline.data.layout import PADDY
 from pipeline.errors import PipelineError
 from pipeline.fileio import new_temp
 
@@ -89,7 +91,7 @@ def build_demo(source: str | Path, dest: str | Path, *, train_per_class: int, te
         "train_per_class": train_per_class,
         "test_per_class": test_per_class,
         "seed": seed,
-        "train_csv": ["image_id", "label", "group"],
+        "train_csv": [PADDY.id_column, PADDY.label_column, "group"],
     }
     marker = dest / "demo.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings:
@@ -102,20 +104,20 @@ def build_demo(source: str | Path, dest: str | Path, *, train_per_class: int, te
         train_rows = []
         for n, i in enumerate(_balanced_sample(labels, train_per_class, rng)):
             image_id, label = f"{100001 + n}.jpg", LABELS[labels[i]]
-            (tmp / "train_images" / label).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[i]).save(tmp / "train_images" / label / image_id, quality=95)
+            (tmp / PADDY.train_dir / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i]).save(tmp / PADDY.train_dir / label / image_id, quality=95)
             train_rows.append((image_id, label, GROUPS[label]))
-        pd.DataFrame(train_rows, columns=settings["train_csv"]).to_csv(tmp / "train.csv", index=False)
+        pd.DataFrame(train_rows, columns=settings["train_csv"]).to_csv(tmp / PADDY.train_csv, index=False)
 
         images, labels = load_split(source, "test")
-        (tmp / "test_images").mkdir()
+        (tmp / PADDY.test_dir).mkdir()
         test_rows = []
         for n, i in enumerate(_balanced_sample(labels, test_per_class, rng)):
             image_id = f"{200001 + n}.jpg"
-            Image.fromarray(images[i]).save(tmp / "test_images" / image_id, quality=95)
+            Image.fromarray(images[i]).save(tmp / PADDY.test_dir / image_id, quality=95)
             test_rows.append((image_id, LABELS[labels[i]]))
-        truth = pd.DataFrame(test_rows, columns=["image_id", "label"]).iloc[rng.permutation(len(test_rows))]
-        truth.assign(label="").to_csv(tmp / "sample_submission.csv", index=False)
+        truth = pd.DataFrame(test_rows, columns=PADDY.columns).iloc[rng.permutation(len(test_rows))]
+        truth.assign(**{PADDY.label_column: ""}).to_csv(tmp / PADDY.sample_submission, index=False)
         truth.to_csv(tmp / "test_labels.csv", index=False)
         (tmp / "demo.json").write_text(json.dumps(settings))
         if dest.exists():

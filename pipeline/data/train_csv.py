@@ -1,7 +1,8 @@
 """Extra targets from train.csv (data.aux_targets): lesson 7's variety beside the disease.
 
-train.csv has a row per training image: image_id (the file name), label, and other columns, such as
-Paddy's variety and age. Each extra target is one such column, read as categories.
+train.csv (data.train_csv) has a row per training image: the id column (data.id_column, Paddy's image_id:
+the file name), the label, and other columns, such as Paddy's variety and age. Each extra target is one
+such column, read as categories.
 """
 
 from __future__ import annotations
@@ -36,27 +37,27 @@ def read_aux_targets(comp: Competition, weights: dict[str, float]) -> list[AuxTa
     for a missing file or column, an image without a row or a value, or a column with one value."""
     if not weights:
         return []
-    path = comp.root / "train.csv"
+    path, key = comp.train_csv_path, comp.layout.id_column
     if not path.is_file():
-        raise PipelineError(f"data.aux_targets needs {path} (columns image_id and {', '.join(weights)}): it is missing")
+        raise PipelineError(f"data.aux_targets needs {path} (columns {key} and {', '.join(weights)}): it is missing")
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PipelineError(f"{path} is not a readable CSV ({e}): data.aux_targets reads its columns") from None
-    wanted = ["image_id", *weights]
+    wanted = [key, *weights]
     if missing := [c for c in wanted if c not in table.columns]:
         raise PipelineError(
             f"data.aux_targets: {path} has no column {missing[0]!r} (its columns: {', '.join(table.columns)})"
         )
     ids = [f.name for f in comp.train_files]
-    rows = table[table.image_id.isin(ids)]
-    if repeated := sorted(set(rows.image_id[rows.image_id.duplicated()])):
+    rows = table[table[key].isin(ids)]
+    if repeated := sorted(set(rows[key][rows[key].duplicated()])):
         raise PipelineError(f"{path} lists training image {repeated[0]} more than once: keep one row per image")
-    rows = rows.set_index("image_id")
+    rows = rows.set_index(key)
     if absent := [i for i in ids if i not in rows.index]:
         raise PipelineError(
             f"{len(absent)} training image(s) have no row in {path} (e.g. {absent[0]}): "
-            "data.aux_targets needs a row for every image in train_images/"
+            f"data.aux_targets needs a row for every image in {comp.layout.train_dir}/"
         )
     rows = rows.loc[ids]
     targets = []

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import check_ranges
+from pipeline.data.layout import Layout
 from pipeline.data.submission_csv import accuracy_against, read_sample_submission
 from pipeline.ensemble.arithmetic import as_probs, blend_probs, leave_one_out_accuracy
 from pipeline.ensemble.members import Member, ValidationSet, assemble_members, shared_validation, validation_mismatch
@@ -85,7 +86,7 @@ class BlendResult:
     """Everything a blend's outputs are made from; computed before anything is written."""
 
     output: Path  # where the submission CSV goes; the report, PNG and record go beside it
-    sample: Path  # the competition's sample_submission.csv, which the CSV is checked against
+    sample: Path  # the competition's sample submission (data.sample_submission), which the CSV is checked against
     test_ids: list[str]  # the sample submission's order
     members: list[Member]
     weighting: str  # the one written to `output`
@@ -95,6 +96,7 @@ class BlendResult:
     vocab: list[str]
     run_rows: list[dict[str, Any]]  # per member: weights and figures (run_rows)
     weighting_rows: list[dict[str, Any]]  # per weighting: figures (weighting_rows)
+    layout: Layout  # the CSV's id and label columns
 
     @property
     def chosen(self) -> Weighted:
@@ -137,9 +139,10 @@ def compute_blend(cfg: Any) -> BlendResult:
 
     check_ranges(cfg)
     WEIGHTINGS[cfg.blend.weighting]  # an unknown name: one line listing the known ones, before any file is read
+    layout = Layout.from_config(cfg.data)  # a config error before any file is read
     runs = [load(f) for f in select_files(cfg.paths.preds, list(cfg.blend.runs))]
-    sample_path = Path(cfg.data.root) / "sample_submission.csv"
-    order = list(read_sample_submission(sample_path).image_id)
+    sample_path = Path(cfg.data.root) / layout.sample_submission
+    order = list(read_sample_submission(sample_path, layout)[layout.id_column])
     check_test_images(runs, sample_path, order, cfg.data.root)
     check_compatible(runs)
     members = assemble_members(runs, order)
@@ -164,9 +167,8 @@ def compute_blend(cfg: Any) -> BlendResult:
         labels = vocab[blend_probs(test_stack, weights, mean).argmax(1)]
         valid_probs = None if valid is None else blend_probs(valid.stack, weights, mean)
         nested = valid_probs if fit is None else cross_fitted(fit, valid.stack, valid.targets, mean, cfg.blend.seed)
-        test_acc = (
-            None if truth is None else accuracy_against(pd.DataFrame({"image_id": order, "label": labels}), truth)
-        )
+        submitted = pd.DataFrame({layout.id_column: order, layout.label_column: labels})
+        test_acc = None if truth is None else accuracy_against(submitted, truth, layout)
         weighted[name] = Weighted(weights, valid_probs, nested, labels, test_acc)
 
     rows = run_rows(members, weighted, weighting, valid, mean, len(vocab))
@@ -183,6 +185,7 @@ def compute_blend(cfg: Any) -> BlendResult:
         list(vocab),
         rows,
         weights_rows,
+        layout,
     )
 
 

@@ -44,7 +44,7 @@ def write_blend(result: BlendResult) -> list[Path]:
     """The CSV, report, record (and PNG where there is one), replaced together; the paths written."""
     document, png = report_html(result)
     files: dict[Path, str | bytes] = {
-        result.output: submission_text(result.test_ids, result.chosen.test_labels),
+        result.output: submission_text(result.test_ids, result.chosen.test_labels, result.layout),
         result.report_path: document,
         result.record_path: json.dumps(record(result), indent=2),
     }
@@ -56,5 +56,5 @@ def write_blend(result: BlendResult) -> list[Path]:
                 tmp.write_bytes(content)
             else:
                 tmp.write_text(content)
-        validate_submission(tmps[0], result.sample, result.vocab)  # before anything is replaced
+        validate_submission(tmps[0], result.sample, result.vocab, layout=result.layout)  # before anything is replaced
     return list(files)

@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.config import check_ranges
 from pipeline.data.competition import scan_competition
+from pipeline.data.layout import PADDY, Layout
 from pipeline.errors import PipelineError
 from pipeline.fileio import new_temp
 from pipeline.kaggle.client import call, client_output, connect
@@ -31,7 +32,9 @@ MARKER = ".kaggle-download.json"  # in data.root: the zip (name, size, mtime) it
 
 
 @dataclass
-class Layout:
+class ImageCounts:
+    """What the layout check found: training images per label, and test images."""
+
     label_counts: dict[str, int]
     test_images: int
 
@@ -42,22 +45,22 @@ class DownloadResult:
     zip_path: Path
     fetched: bool  # the zip was (re)written by this run
     unpacked: bool  # data.root was (re)built by this run
-    layout: Layout
+    layout: ImageCounts
 
 
-def check_layout(root: Path) -> Layout:
-    """train_images/<label>/, test_images/ matching sample_submission.csv, and train.csv; images decodable."""
-    comp = scan_competition(root)
-    if not (root / "train.csv").is_file():
-        raise PipelineError(f"{root / 'train.csv'} is missing: the competition files are incomplete")
+def check_layout(root: Path, layout: Layout) -> ImageCounts:
+    """The layout's label folders, test folder matching its sample submission, and train CSV; images decodable."""
+    comp = scan_competition(root, layout)
+    if not comp.train_csv_path.is_file():
+        raise PipelineError(f"{comp.train_csv_path} is missing: the competition files are incomplete (data.train_csv)")
     counts = Counter(p.parent.name for p in comp.train_files)
-    return Layout({label: counts[label] for label in comp.vocab}, len(comp.test_files))
+    return ImageCounts({label: counts[label] for label in comp.vocab}, len(comp.test_files))
 
 
 def download(cfg: Any) -> DownloadResult:
     check_ranges(cfg)
     slug, force = cfg.data.competition, cfg.download.force
-    root = Path(cfg.data.root)
+    root, expected = Path(cfg.data.root), Layout.from_config(cfg.data)  # a bad layout name fails before any request
     zip_path = Path(cfg.download.zip_dir or root.parent) / f"{slug}.zip"
     if zip_path.resolve().is_relative_to(root.resolve()):  # unpacking replaces data.root, the zip with it
         raise PipelineError(f"download.zip_dir {zip_path.parent} is inside data.root {root}: choose a folder outside")
@@ -86,16 +89,17 @@ def download(cfg: Any) -> DownloadResult:
         fetched = _ctime(zip_path) != before  # any rewrite changes ctime, even with the same bytes and mtime
 
     if zip_path.is_file() and (force or unpacked_from != _zip_id(zip_path)):
-        layout = unpack(zip_path, root)
+        layout = unpack(zip_path, root, expected)
         unpacked = True
     else:
-        layout = check_layout(root)
+        layout = check_layout(root, expected)
         unpacked = False
     return DownloadResult(root, zip_path, fetched, unpacked, layout)
 
 
-def unpack(zip_path: Path, root: Path) -> Layout:
-    """Extract `zip_path` beside `root`, check it, then swap it in place of `root` (replacing an older unpack)."""
+def unpack(zip_path: Path, root: Path, layout: Layout = PADDY) -> ImageCounts:
+    """Extract `zip_path` beside `root`, check its `layout`, then swap it in place of `root` (replacing an
+    older unpack)."""
     parent = root.parent
     parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{root.name}.unpacking-"
@@ -109,7 +113,7 @@ def unpack(zip_path: Path, root: Path) -> Layout:
                 zf.extractall(tmp)  # extractall drops absolute paths and ".." from member names
         except (zipfile.BadZipFile, EOFError) as e:
             raise PipelineError(f"{zip_path} is not a complete zip ({e}): delete it and run again") from None
-        layout = check_layout(tmp)
+        counts = check_layout(tmp, layout)
         (tmp / MARKER).write_text(json.dumps(_zip_id(zip_path)))
         if root.exists():
             old = Path(f"{tmp}-old")
@@ -120,7 +124,7 @@ def unpack(zip_path: Path, root: Path) -> Layout:
             os.replace(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return layout
+    return counts
 
 
 def layout_table(result: DownloadResult) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.data.competition import Competition, scan_competition
+from pipeline.data.layout import Layout
 from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
 from pipeline.kaggle import code_dataset
@@ -125,7 +126,7 @@ def plan(job: Job, opts: Any, comps: dict[str, Competition]) -> Notebook:
     root = str(cfg.data.root)
     if root not in comps:
         try:
-            comps[root] = scan_competition(root)
+            comps[root] = scan_competition(root, Layout.from_config(cfg.data))
         except PipelineError as e:
             raise PipelineError(
                 f"{e} (fetched predictions are checked against the competition here, and blended with it: "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import check_ranges
+from pipeline.data.layout import Layout
 from pipeline.data.submission_csv import validate_submission
 from pipeline.errors import PipelineError
 from pipeline.kaggle import ledger
@@ -55,9 +56,8 @@ def runs_text(record: dict[str, Any] | None) -> str:
     return ", ".join(f"{r['run']} x{r['weight']:g}" for r in (record or {}).get("runs", []))
 
 
-def label_vocab(data_root: Path, record: dict[str, Any] | None, csv: Path) -> list[str]:
-    """The competition's labels: its train_images/<label> folders, else the vocab the blend recorded."""
-    train = data_root / "train_images"
+def label_vocab(train: Path, record: dict[str, Any] | None, csv: Path) -> list[str]:
+    """The competition's labels: the label folders in `train` (data.train_dir), else the vocab the blend recorded."""
     labels = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
     if labels:
         return labels
@@ -72,9 +72,10 @@ def label_vocab(data_root: Path, record: dict[str, Any] | None, csv: Path) -> li
 def submit(cfg: Any) -> SubmitResult:
     check_ranges(cfg)
     s, slug = cfg.submit, cfg.data.competition
-    csv, root = Path(s.file), Path(cfg.data.root)
+    csv, root, layout = Path(s.file), Path(cfg.data.root), Layout.from_config(cfg.data)
     record = blend_record(csv)
-    sub = validate_submission(csv, root / "sample_submission.csv", label_vocab(root, record, csv), same_order=False)
+    labels = label_vocab(root / layout.train_dir, record, csv)
+    sub = validate_submission(csv, root / layout.sample_submission, labels, same_order=False, layout=layout)
     sha256 = hashlib.sha256(csv.read_bytes()).hexdigest()
     earlier = ledger.find(s.log, slug, sha256)
     if len(earlier) and not s.force:

@@ -52,7 +52,7 @@ def probe_subset(comp: Competition, n_images: int) -> Competition:
     pool = itertools.cycle(others + files)  # what tops up: the other classes first, then repeats
     while len(files) < n_images:
         files.append(next(pool))
-    return Competition(comp.root, comp.vocab, files, comp.test_files[:1])
+    return Competition(comp.root, comp.vocab, files, comp.test_files[:1], layout=comp.layout)
 
 
 def _train_steps(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any]) -> None:
@@ -211,13 +211,14 @@ def probe_model(cfg: Any) -> dict[str, int]:
     Raises PipelineError when some run fits at no accum tried."""
     from pipeline.config import check_ranges
     from pipeline.data.competition import scan_competition
+    from pipeline.data.layout import Layout
     from pipeline.training.learner import pick_device
     from pipeline.training.pretrained import timm_kwargs
     from pipeline.training.specs import resolve_runs
 
     check_ranges(cfg)
     runs = resolve_runs(cfg)
-    comp = scan_competition(cfg.data.root)
+    comp = scan_competition(cfg.data.root, Layout.from_config(cfg.data))
     device = pick_device(cfg.train.device)
     p = cfg.probe
     measurements = []

@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.layout import KEYS as LAYOUT_KEYS
 from pipeline.training.specs import RunSpec
 
 PACKAGES = ("torch", "torchvision", "timm", "fastai", "fastcore", "numpy", "pandas", "pillow", "hydra-core")
@@ -23,11 +24,12 @@ def run_hash(run: RunSpec, data: Any, tta: Any, data_fingerprint: str) -> str:
     """Identity of a run: same hash, same training. `data_fingerprint` (Competition.fingerprint) stands
     for the images: an image added, removed, relabelled or changed, or another test set, retrains.
     Paths and worker counts are left out (they do not change the predictions), so moving outputs or
-    the data folder, or changing num_workers, keeps finished runs. Hash the run as configured: an
-    out-of-memory retry with a larger accum keeps the identity."""
+    the data folder, or changing num_workers, keeps finished runs; so are the layout's names (data.train_dir,
+    ...): the fingerprint already holds the files they find, and runs trained before they were keys keep
+    their hash. Hash the run as configured: an out-of-memory retry with a larger accum keeps the identity."""
     identity = {
         "run": asdict(run),
-        "data": {k: data[k] for k in sorted(data) if k not in ("root", "num_workers", "test_labels")},
+        "data": {k: data[k] for k in sorted(data) if k not in ("root", "num_workers", "test_labels", *LAYOUT_KEYS)},
         "data_fingerprint": data_fingerprint,
         "tta": {k: tta[k] for k in sorted(tta)},
     }

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 GROUPS: dict[str, Registry[Any]] = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "loss": LOSSES}
 REFERENCE_RECIPE = {"optimizer": "adam", "schedule": "fine_tune", "loss": "cross_entropy"}  # config.yaml's defaults
-MAIN_TARGET = "label"  # the train_images/<label>/ folders; train.csv's label column
 
 
 def _reference(group: str) -> Callable[[], dict[str, Any]]:
@@ -73,16 +72,17 @@ def recipe_from_config(cfg: TrainAppConfig) -> Recipe:
         lr_find=train.lr == "find",
         lr_find_steps=train.lr_find_steps,
         seed=train.seed,
-        aux_targets=aux_weights(list(data.aux_targets), dict(data.aux_weights)),
+        aux_targets=aux_weights(list(data.aux_targets), dict(data.aux_weights), data.id_column, data.label_column),
     )
 
 
-def aux_weights(names: list[str], weights: dict[str, float]) -> dict[str, float]:
-    """data.aux_targets with their data.aux_weights (default 1), checked."""
-    if MAIN_TARGET in names or "image_id" in names:
+def aux_weights(names: list[str], weights: dict[str, float], id_column: str, label_column: str) -> dict[str, float]:
+    """data.aux_targets with their data.aux_weights (default 1), checked. The label column (the label
+    folders) is the main target and the id column the key, so neither can be an extra target."""
+    if label_column in names or id_column in names:
         raise PipelineError(
-            f"data.aux_targets lists {MAIN_TARGET!r} or 'image_id': the label folders are the main target "
-            "and image_id the key; list other columns of train.csv"
+            f"data.aux_targets lists {label_column!r} or {id_column!r}: the label folders are the main target "
+            f"and {id_column} the key; list other columns of data.train_csv"
         )
     if len(set(names)) < len(names):
         raise PipelineError(f"data.aux_targets lists a column twice: {names}")

@@ -24,6 +24,7 @@ from typing import Any
 
 from pipeline.config import check_ranges, to_container
 from pipeline.data.competition import Competition, scan_competition
+from pipeline.data.layout import Layout
 from pipeline.data.splits import Split, make_split
 from pipeline.data.train_csv import read_aux_targets
 from pipeline.errors import PipelineError, one_line
@@ -147,7 +148,7 @@ def train_run(
             test_probs, _ = tta(learn, dls.test_dl(comp.test_files), n, beta, fast)
             valid_probs, valid_targets = tta(learn, dls.valid.new(shuffle=False, drop_last=False), n, beta, fast)
             tta_s = time.perf_counter() - start
-            train_root = comp.root / "train_images"
+            train_root = comp.train_dir
             valid_ids = [str(Path(p).relative_to(train_root)) for p in dls.valid_ds.items]
         finally:
             del learn, dls
@@ -263,7 +264,7 @@ def train_model(cfg: Any) -> list[RunResult]:
     if probed:
         log.info("accum from the memory probe's %s: %s", probe_file, probed)
     runs = resolve_runs(cfg, probed)
-    comp = scan_competition(cfg.data.root)
+    comp = scan_competition(cfg.data.root, Layout.from_config(cfg.data))
     read_aux_targets(comp, runs[0].recipe.aux_targets)  # a bad train.csv fails here, before any run trains
     device = pick_device(cfg.train.device)
     log.info(
