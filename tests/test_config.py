@@ -460,3 +460,21 @@ def test_a_model_sweep_composes_with_model_overrides(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "2 job(s) failed" in out.stderr and out.stderr.count("data folder") == 2  # both jobs reached the data
     assert "model.pretrained=False" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_every_launcher_file_is_a_registry_entry_whose_class_hydra_can_import():
+    import importlib
+
+    import yaml
+
+    from pipeline.launchers import LAUNCHERS
+
+    files = {f.stem: yaml.safe_load(f.read_text()) for f in sorted((REPO / "conf/hydra/launcher").glob("*.yaml"))}
+    assert sorted(files) == sorted(LAUNCHERS)
+    for name, options in files.items():
+        entry = LAUNCHERS[name]
+        assert options["_target_"] == entry.build and entry.doc
+        module, cls = entry.build.rsplit(".", 1)
+        assert isinstance(getattr(importlib.import_module(module), cls), type)
+        if entry.schema:  # our own options: the file names the schema the registry declares
+            assert f"{name}_schema" in options["defaults"]

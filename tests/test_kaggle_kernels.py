@@ -273,7 +273,10 @@ def test_a_refused_push_and_a_local_weights_file_are_one_line_each(stand_in, tin
 
 @pytest.mark.parametrize(
     ("option", "expected"),
-    [("max_parallel", "must be at least 1"), ("time_budget_h", "Kaggle ends a session at 12 hours")],
+    [
+        ("max_parallel", r"hydra.launcher.max_parallel must be >= 1, got 0"),
+        ("time_budget_h", r"hydra.launcher.time_budget_h must be in \(0, 12\), got 12.0"),
+    ],
 )
 def test_launcher_options_out_of_range_stop_at_once(tmp_path, option, expected):
     with pytest.raises(PipelineError, match=expected):

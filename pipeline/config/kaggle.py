@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.config.ranges import COUNT, NON_NEGATIVE, POSITIVE, ranged
+from pipeline.config.ranges import COUNT, NON_NEGATIVE, POSITIVE, Range, ranged
 
 
 @dataclass
@@ -45,7 +45,8 @@ class KaggleLauncherConfig:
     ledger: str = "${paths.outputs}/kaggle_kernels.json"
     max_parallel: int = ranged(2, COUNT)
     max_sessions: int = ranged(3, COUNT)
-    time_budget_h: float = ranged(11.0, POSITIVE)
+    # Kaggle ends a session at 12 hours and keeps nothing of it
+    time_budget_h: float = ranged(11.0, Range(0, 12, low_open=True, high_open=True))
     accelerator: str | None = "NvidiaTeslaT4"
     internet: bool = True
     code_dataset: str = "paddy-pipeline-code"

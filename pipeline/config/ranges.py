@@ -83,10 +83,10 @@ def _checked(node: Any, prefix: str) -> Iterator[tuple[str, Any, Range]]:
             yield from _checked(node[f.name], key)
 
 
-def check_ranges(cfg: Any) -> None:
+def check_ranges(cfg: Any, prefix: str = "") -> None:
     """Raises PipelineError on the first option out of its range, naming the key as typed on the command
-    line, its value and what is allowed. A word where the schema allows one (train.lr=find) is checked
-    where it is used."""
-    for key, value, allowed in _checked(cfg, ""):
+    line (below `prefix`, e.g. hydra.launcher), its value and what is allowed. A word where the schema
+    allows one (train.lr=find) is checked where it is used."""
+    for key, value, allowed in _checked(cfg, prefix):
         if isinstance(value, int | float) and not isinstance(value, bool) and value not in allowed:
             raise PipelineError(f"{key} must be {allowed}, got {value}")

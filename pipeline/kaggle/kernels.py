@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from omegaconf import OmegaConf
+
+from pipeline.config import KaggleLauncherConfig, check_ranges
 from pipeline.data.competition import Competition, scan_competition
 from pipeline.data.layout import Layout
 from pipeline.errors import PipelineError
@@ -84,13 +87,7 @@ class Notebook:
 def run_jobs(jobs: list[Job], opts: Any) -> list[str | None]:
     """Train every job on Kaggle (or find it home); each job's one-line error, None when its runs are home.
     A PipelineError means nothing could start (credentials, the code upload)."""
-    if opts.max_parallel < 1 or opts.max_sessions < 1 or opts.poll_s <= 0:
-        raise PipelineError("hydra.launcher.max_parallel and max_sessions must be at least 1, and poll_s above 0")
-    if not 0 < opts.time_budget_h < 12:
-        raise PipelineError(
-            f"hydra.launcher.time_budget_h={opts.time_budget_h}: Kaggle ends a session at 12 hours and keeps nothing "
-            "of it; leave an hour for start-up, the last run's TTA and saving (11)"
-        )
+    check_ranges(OmegaConf.merge(OmegaConf.structured(KaggleLauncherConfig), opts), prefix="hydra.launcher")
     credentials_source()  # one line before any request when there are none
     comps: dict[str, Competition] = {}
     planned: list[Notebook | str] = []
