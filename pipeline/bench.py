@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hydra
 
-from pipeline.config import register_configs
+from pipeline.config import BenchAppConfig, register_configs
 from pipeline.errors import exit_on_error
 
 register_configs()
@@ -13,7 +13,7 @@ register_configs()
 
 @hydra.main(config_path="../conf", config_name="bench", version_base="1.3")
 @exit_on_error
-def main(cfg) -> None:
+def main(cfg: BenchAppConfig) -> None:
     from pipeline.benchmark import run_benchmark
 
     print(run_benchmark(cfg), flush=True)

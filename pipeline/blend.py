@@ -9,7 +9,7 @@ import logging
 
 import hydra
 
-from pipeline.config import register_configs
+from pipeline.config import BlendAppConfig, register_configs
 from pipeline.errors import exit_on_error
 
 register_configs()
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(config_path="../conf", config_name="blend", version_base="1.3")
 @exit_on_error
-def main(cfg) -> None:
+def main(cfg: BlendAppConfig) -> None:
     from pipeline.ensemble.report import terminal_table
     from pipeline.ensemble.writing import blend
 

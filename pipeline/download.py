@@ -9,7 +9,7 @@ import logging
 
 import hydra
 
-from pipeline.config import register_configs
+from pipeline.config import DownloadAppConfig, register_configs
 from pipeline.errors import exit_on_error
 
 register_configs()
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(config_path="../conf", config_name="download", version_base="1.3")
 @exit_on_error
-def main(cfg) -> None:
+def main(cfg: DownloadAppConfig) -> None:
     from pipeline.kaggle.competition_files import download, layout_table
 
     log.info("\n%s", layout_table(download(cfg)))

@@ -10,7 +10,7 @@ import logging
 
 import hydra
 
-from pipeline.config import register_configs
+from pipeline.config import KernelsAppConfig, register_configs
 from pipeline.errors import exit_on_error
 
 register_configs()
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(config_path="../conf", config_name="kernels", version_base="1.3")
 @exit_on_error
-def main(cfg) -> None:
+def main(cfg: KernelsAppConfig) -> None:
     from pipeline.kaggle import notebook_ledger
     from pipeline.kaggle.kernels import refresh
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import hydra
 
-from pipeline.config import check_ranges, register_configs
+from pipeline.config import PrepareDemoAppConfig, check_ranges, register_configs
 from pipeline.errors import exit_on_error
 
 register_configs()
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(config_path="../conf", config_name="prepare_demo", version_base="1.3")
 @exit_on_error
-def main(cfg) -> None:
+def main(cfg: PrepareDemoAppConfig) -> None:
     from pipeline.data.demo import build_demo
     from pipeline.training.pretrained import LITE_PACKAGES, convert_lite_weights
 

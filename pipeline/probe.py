@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hydra
 
-from pipeline.config import register_configs
+from pipeline.config import TrainAppConfig, register_configs
 from pipeline.errors import exit_on_error
 from pipeline.training.recipe import GROUPS
 
@@ -14,7 +14,7 @@ register_configs(*GROUPS.values())
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @exit_on_error
-def main(cfg) -> None:
+def main(cfg: TrainAppConfig) -> None:
     from pipeline.training.memory_probe import probe_model
 
     probe_model(cfg)

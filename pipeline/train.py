@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hydra
 
-from pipeline.config import register_configs
+from pipeline.config import TrainAppConfig, register_configs
 from pipeline.errors import exit_on_error
 from pipeline.training.recipe import GROUPS
 
@@ -16,7 +16,7 @@ register_configs(*GROUPS.values())
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @exit_on_error
-def main(cfg) -> list[dict]:
+def main(cfg: TrainAppConfig) -> list[dict]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.config import DataConfig
 
 FOLDERS_AND_FILES = ("train_dir", "test_dir", "sample_submission", "train_csv")
 COLUMNS = ("id_column", "label_column")
@@ -37,7 +40,7 @@ class Layout:
             raise PipelineError(f"data.id_column and data.label_column are both {self.id_column!r}: name two columns")
 
     @classmethod
-    def from_config(cls, data: Any) -> Layout:
+    def from_config(cls, data: DataConfig) -> Layout:
         """The layout of a data config (cfg.data); a bad name is one clear line."""
         return cls(**{key: str(data[key]) for key in KEYS})
 

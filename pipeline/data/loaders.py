@@ -8,7 +8,7 @@ resample or fastai's own), and how many workers load them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from fastai.data.core import DataLoaders
     from fasttransform import Transform
 
+    from pipeline.config import PerfConfig
     from pipeline.data.competition import Competition
     from pipeline.data.train_csv import AuxTarget
     from pipeline.training.specs import RunSpec
@@ -29,7 +30,7 @@ def make_dataloaders(
     valid_idx: Sequence[int],
     num_workers: int | None,
     device: str,
-    perf: Any,
+    perf: PerfConfig,
     aux: Sequence[AuxTarget] = (),
 ) -> DataLoaders:
     """fastai DataLoaders over the training images, `valid_idx` (see pipeline.data.splits) held out.
@@ -63,7 +64,7 @@ def make_dataloaders(
     return block.dataloaders(comp.train_files, bs=run.micro_batch, device=device, **kwargs)
 
 
-def image_block(comp: Competition, run: RunSpec, perf: Any) -> TransformBlock:
+def image_block(comp: Competition, run: RunSpec, perf: PerfConfig) -> TransformBlock:
     """fastai's ImageBlock, reading from the decoded-image cache when perf.cache is on."""
     from fastai.vision.all import ImageBlock, IntToFloatTensor, TransformBlock
 
@@ -75,7 +76,7 @@ def image_block(comp: Competition, run: RunSpec, perf: Any) -> TransformBlock:
     return TransformBlock(type_tfms=cache, batch_tfms=IntToFloatTensor)
 
 
-def augmentations(run: RunSpec, perf: Any) -> list[Transform]:
+def augmentations(run: RunSpec, perf: PerfConfig) -> list[Transform]:
     """The run's batch augmentations, fused into one resample when perf.fused_augment is on."""
     from pipeline.data.transforms import batch_tfms
 
@@ -86,7 +87,7 @@ def augmentations(run: RunSpec, perf: Any) -> list[Transform]:
     return fuse_affine_and_crop(batch_tfms(run))
 
 
-def loader_workers(num_workers: int | None, device: str, perf: Any) -> int | None:
+def loader_workers(num_workers: int | None, device: str, perf: PerfConfig) -> int | None:
     """data.num_workers, or when null: on CPU with cached images none (the model's threads use every
     core; workers would only add inter-process copies), else fastai's default (None)."""
     if num_workers is not None:

@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ from pipeline.ensemble.members import Member, ValidationSet, assemble_members, s
 from pipeline.ensemble.weightings import WEIGHTINGS, Weighting
 from pipeline.errors import PipelineError
 from pipeline.predictions import Predictions, load, recipe_summary
+
+if TYPE_CHECKING:
+    from pipeline.config import BlendAppConfig, BlendConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,9 @@ class BlendResult:
         return self.output.with_suffix(self.output.suffix + ".json")
 
 
-def weigh(members: list[Member], valid: ValidationSet | None, blend_cfg: Any) -> dict[str, tuple[np.ndarray, Any]]:
+def weigh(
+    members: list[Member], valid: ValidationSet | None, blend_cfg: BlendConfig
+) -> dict[str, tuple[np.ndarray, Any]]:
     """Weights of every weighting the members allow (the searched ones only where they share validation
     images), each with the function that refits it on a subset of the validation images (None where
     nothing is fitted), for the nested estimate."""
@@ -133,7 +138,7 @@ def weigh(members: list[Member], valid: ValidationSet | None, blend_cfg: Any) ->
     return out
 
 
-def compute_blend(cfg: Any) -> BlendResult:
+def compute_blend(cfg: BlendAppConfig) -> BlendResult:
     """The blend of the selected prediction files under every weighting they allow; writes nothing."""
     from pipeline.ensemble.weight_search import cross_fitted
 

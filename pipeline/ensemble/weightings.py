@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,28 +48,28 @@ def config_weights(members: list[Member], overrides: dict[str, float]) -> np.nda
     return weights
 
 
-def _config(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: Any) -> np.ndarray:
+def _config(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: BlendConfig) -> np.ndarray:
     return config_weights(members, dict(blend.weights))
 
 
-def _equal(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: Any) -> np.ndarray:
+def _equal(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: BlendConfig) -> np.ndarray:
     return np.ones(len(members))
 
 
-def _greedy(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: Any) -> np.ndarray:
+def _greedy(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: BlendConfig) -> np.ndarray:
     from pipeline.ensemble.weight_search import greedy_weights
 
     options = {k: blend.greedy[k] for k in ("steps", "init", "bags", "bag_fraction")}
     return greedy_weights(stack, targets, str(blend.mean), seed=blend.seed, **options)
 
 
-def _optimize(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: Any) -> np.ndarray:
+def _optimize(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: BlendConfig) -> np.ndarray:
     from pipeline.ensemble.weight_search import optimize_weights
 
     return optimize_weights(stack, targets, str(blend.mean))
 
 
-def _best(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: Any) -> np.ndarray:
+def _best(stack: np.ndarray, targets: np.ndarray, members: list[Member], blend: BlendConfig) -> np.ndarray:
     """All the weight on the member with the lowest validation log loss: what blending adds over it."""
     true = np.clip(stack[:, np.arange(len(targets)), targets].astype(np.float64), EPS, 1.0)
     return np.eye(len(members))[int(np.argmin(-np.log(true).mean(1)))]

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.data.submission_csv import submission_text, validate_submission
 from pipeline.ensemble.compute import BlendResult, compute_blend
 from pipeline.ensemble.report import report_html
 from pipeline.fileio import atomic_paths
 
+if TYPE_CHECKING:
+    from pipeline.config import BlendAppConfig
 
-def blend(cfg: Any) -> BlendResult:
+
+def blend(cfg: BlendAppConfig) -> BlendResult:
     """`python -m pipeline.blend`: compute the blend, then write its files."""
     result = compute_blend(cfg)
     write_blend(result)

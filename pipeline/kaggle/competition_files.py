@@ -16,7 +16,7 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import check_ranges
 from pipeline.data.competition import scan_competition
@@ -25,6 +25,9 @@ from pipeline.errors import PipelineError
 from pipeline.fileio import new_temp
 from pipeline.kaggle.client import call, client_output, connect
 from pipeline.tables import format_table
+
+if TYPE_CHECKING:
+    from pipeline.config import DownloadAppConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ def check_layout(root: Path, layout: Layout) -> ImageCounts:
     return ImageCounts({label: counts[label] for label in comp.vocab}, len(comp.test_files))
 
 
-def download(cfg: Any) -> DownloadResult:
+def download(cfg: DownloadAppConfig) -> DownloadResult:
     check_ranges(cfg)
     slug, force = cfg.data.competition, cfg.download.force
     root, expected = Path(cfg.data.root), Layout.from_config(cfg.data)  # a bad layout name fails before any request

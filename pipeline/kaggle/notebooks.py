@@ -11,7 +11,7 @@ import json
 import pprint
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
@@ -19,13 +19,16 @@ from pipeline.config import PathsConfig
 from pipeline.kaggle.code_dataset import CodeDataset
 from pipeline.training.recipe import GROUPS
 
+if TYPE_CHECKING:
+    from pipeline.config import TrainAppConfig
+
 CODE_FILE = "train_job.py"
 TEMPLATE = Path(__file__).with_name("notebook_script.py")
 JOB_LINE = "JOB: dict = {}  # filled in when pushed: see pipeline/kaggle/notebooks.py\n"
 INPUT = "/kaggle/input"
 
 
-def kaggle_config(cfg: Any, time_budget_h: float) -> Any:
+def kaggle_config(cfg: TrainAppConfig, time_budget_h: float) -> TrainAppConfig:
     """The job's config as it runs in the notebook: data.root on Kaggle's read-only input, every path
     under the working folder (the notebook script sets paths.outputs), and a time budget. What shapes
     the predictions is left as composed here, so its runs have the same run hashes as here."""
@@ -37,7 +40,7 @@ def kaggle_config(cfg: Any, time_budget_h: float) -> Any:
     return out
 
 
-def config_yaml(cfg: Any) -> str:
+def config_yaml(cfg: TrainAppConfig) -> str:
     """A primary config for `pipeline.train --config-path DIR --config-name config`: the composed job
     on top of the schema and its recipe options' schemas (e.g. optimizer/adam_schema, which has the
     `mom` that the base OptimizerConfig lacks), so that it is type-checked there as here."""

@@ -27,6 +27,8 @@ from pipeline.tables import format_table
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
 
+    from pipeline.config import SubmitAppConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +71,7 @@ def label_vocab(train: Path, record: dict[str, Any] | None, csv: Path) -> list[s
     )
 
 
-def submit(cfg: Any) -> SubmitResult:
+def submit(cfg: SubmitAppConfig) -> SubmitResult:
     check_ranges(cfg)
     s, slug = cfg.submit, cfg.data.competition
     csv, root, layout = Path(s.file), Path(cfg.data.root), Layout.from_config(cfg.data)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf
@@ -23,10 +23,13 @@ from pipeline.errors import PipelineError, one_line
 from pipeline.launchers.base import SweepLauncher
 from pipeline.launchers.report import record_lost_job
 
+if TYPE_CHECKING:
+    from pipeline.config import TrainAppConfig
+
 log = logging.getLogger(__name__)
 
 
-def job_name(cfg: Any) -> str:
+def job_name(cfg: TrainAppConfig) -> str:
     """The run's name when the job trains one run, else the model's (with its fold, if one is chosen)."""
     from pipeline.training.specs import resolve_runs
 

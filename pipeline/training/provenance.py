@@ -11,16 +11,19 @@ import sys
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.data.layout import KEYS as LAYOUT_KEYS
 from pipeline.training.specs import RunSpec
+
+if TYPE_CHECKING:
+    from pipeline.config import DataConfig, TTAConfig
 
 PACKAGES = ("torch", "torchvision", "timm", "fastai", "fastcore", "numpy", "pandas", "pillow", "hydra-core")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_hash(run: RunSpec, data: Any, tta: Any, data_fingerprint: str) -> str:
+def run_hash(run: RunSpec, data: DataConfig, tta: TTAConfig, data_fingerprint: str) -> str:
     """Identity of a run: same hash, same training. `data_fingerprint` (Competition.fingerprint) stands
     for the images: an image added, removed, relabelled or changed, or another test set, retrains.
     Paths and worker counts are left out (they do not change the predictions), so moving outputs or

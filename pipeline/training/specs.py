@@ -14,10 +14,13 @@ them (`-m train.fold=0,1,2,3,4`) gives one job per run, which a launcher can run
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
 from pipeline.training.recipe import Recipe, recipe_from_config, recipe_tag
+
+if TYPE_CHECKING:
+    from pipeline.config import DataConfig, ModelConfig, TrainAppConfig
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def _size(value: Any, what: str) -> tuple[int, ...]:
     return size
 
 
-def chosen_model(cfg: Any) -> Any:
+def chosen_model(cfg: TrainAppConfig) -> ModelConfig:
     """cfg.model, once +model=NAME chose one; else one clear error."""
     from omegaconf import OmegaConf
 
@@ -72,7 +75,7 @@ def chosen_model(cfg: Any) -> Any:
     return model
 
 
-def resolve_runs(cfg: Any, probed: dict[str, int] | None = None) -> list[RunSpec]:
+def resolve_runs(cfg: TrainAppConfig, probed: dict[str, int] | None = None) -> list[RunSpec]:
     """The runs of `cfg.model`, checked: fails with one line on a missing model or variant list.
     `probed` maps run names to the accum the memory probe chose."""
     model = chosen_model(cfg)
@@ -140,7 +143,7 @@ def _select_variant(runs: list[RunSpec], model: str, variant: str | None) -> lis
     raise PipelineError(f"model {model} has no variant {variant!r}: set train.variant to one of {choices}")
 
 
-def _per_fold(runs: list[RunSpec], data: Any) -> list[RunSpec]:
+def _per_fold(runs: list[RunSpec], data: DataConfig) -> list[RunSpec]:
     """Each variant once per fold, named <run>_fold<k>."""
     return [
         replace(run, name=f"{run.name}_fold{k}", fold=k, n_folds=data.folds) for run in runs for k in range(data.folds)
