@@ -10,6 +10,7 @@ adding an option is one entry, one documented YAML file and one test. Anything t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
@@ -89,3 +90,24 @@ class Registry(Generic[T]):
         for entry in self.entries():
             if self.group and entry.schema is not None:
                 ConfigStore.instance().store(group=self.group, name=f"{entry.name}_schema", node=entry.schema)
+
+
+def check_choices(overrides: list[str], registries: list[Registry[Any]]) -> None:
+    """Refuse a command line that chooses an unknown option of a registry's group (optimizer=adamw,
+    hydra/launcher=gpu, each value of a sweep's comma list) in one line listing the known ones, before
+    Hydra's composition error: several lines, with the schemas listed as options."""
+    groups = {r.group: r for r in registries if r.group}
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key in groups and "(" not in value:  # sweep functions (choice(...), glob(...)) left to Hydra
+            for name in value.split(","):
+                groups[key][name.strip()]
+
+
+def refuse_unknown_choices(registries: list[Registry[Any]]) -> None:
+    """check_choices on this command line: one line on stderr and exit code 2, as every CLI error."""
+    try:
+        check_choices(sys.argv[1:], registries)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

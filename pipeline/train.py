@@ -9,9 +9,12 @@ import hydra
 
 from pipeline.config import TrainAppConfig, register_configs
 from pipeline.errors import exit_on_error
+from pipeline.launchers import LAUNCHERS
+from pipeline.registry import refuse_unknown_choices
 from pipeline.training.recipe import GROUPS
 
-register_configs(*GROUPS.values())
+REGISTRIES = [*GROUPS.values(), LAUNCHERS]
+register_configs(*REGISTRIES)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -31,4 +34,5 @@ def main(cfg: TrainAppConfig) -> list[dict]:
 
 
 if __name__ == "__main__":
+    refuse_unknown_choices(REGISTRIES)
     main()

@@ -22,9 +22,9 @@ def compose(config_name: str, overrides: list[str] | None = None):
     from hydra import initialize_config_dir
 
     from pipeline.config import register_configs
-    from pipeline.training.recipe import GROUPS
+    from pipeline.train import REGISTRIES
 
-    register_configs(*GROUPS.values())
+    register_configs(*REGISTRIES)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides or [])
 

@@ -291,6 +291,28 @@ def test_an_unknown_registry_name_is_one_line_listing_the_known_ones():
     )
 
 
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        (
+            ["optimizer=adamw"],
+            "unknown optimizer 'adamw': choose one of adam, sgd, rmsprop, radam, qhadam, lamb, ranger",
+        ),
+        (
+            ["-m", "schedule=one_cycle,cosine"],
+            "unknown schedule 'cosine': choose one of fine_tune, one_cycle, flat_cos",
+        ),
+        (["loss=focal"], "unknown loss 'focal': choose one of cross_entropy, label_smoothing (conf/loss/)"),
+        (["hydra/launcher=ray"], "unknown launcher 'ray': choose one of local, gpus, slurm, kaggle"),
+    ],
+)
+def test_an_unknown_choice_on_the_command_line_is_one_line(choice, message):
+    out = _cli("-m", "pipeline.train", "+model=effnet_lite0", *choice)
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: {message}")
+
+
 def test_every_command_checks_ranges_before_reading_anything(tmp_path):
     # Each entry point, given an out-of-range option and nothing to read: the range error comes first.
     from pipeline import prepare_demo, probe
@@ -442,8 +464,9 @@ def test_kaggle_launcher_yaml_agrees_with_its_schema():
     from omegaconf import OmegaConf
 
     from pipeline.config import KaggleLauncherConfig, register_configs
+    from pipeline.train import REGISTRIES
 
-    register_configs()
+    register_configs(*REGISTRIES)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose("config", ["hydra/launcher=kaggle"], return_hydra_config=True)
     assert dict(_leaves(cfg.hydra.launcher)) == dict(_leaves(OmegaConf.structured(KaggleLauncherConfig)))

@@ -1,6 +1,7 @@
 """Hydra's side of the schemas: the root schemas in its ConfigStore, the job_suffix resolver, and the
 resolved config as plain data. The options of the registries' groups (optimizer, schedule, loss) are
-declared by their registries (pipeline/registry.py), which the commands composing them pass here."""
+and hydra/launcher are declared by their registries (pipeline/registry.py), which the commands composing
+them pass here."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from pipeline.config.apps import ROOTS
-from pipeline.config.kaggle import KaggleLauncherConfig
 
 # Tells apart the folders of jobs started in the same second (conf/*.yaml hydra.run.dir and
 # hydra.sweep.dir): the process id, unique on a host, and a random part, for jobs on several hosts
@@ -29,8 +29,6 @@ def register_configs(*registries: Any) -> None:
     cs = ConfigStore.instance()
     for name, node in ROOTS.items():
         cs.store(name=f"{name}_schema", node=node)
-    # hydra/launcher=kaggle's own schema; Hydra's plugins type the other launchers (pipeline/launchers)
-    cs.store(group="hydra/launcher", name="kaggle_schema", node=KaggleLauncherConfig)
     for registry in registries:
         registry.store()
 

@@ -14,7 +14,7 @@ Hydra finds plugins), its schema where the options are ours, and a line of descr
 from pipeline.config import KaggleLauncherConfig
 from pipeline.registry import Registry
 
-LAUNCHERS: Registry[str] = Registry("launcher", where="conf/hydra/launcher/")
+LAUNCHERS: Registry[str] = Registry("launcher", where="conf/hydra/launcher/", group="hydra/launcher")
 LAUNCHERS.add(
     "local",
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
