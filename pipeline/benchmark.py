@@ -162,9 +162,9 @@ def reference(cfg: Any, root: Path, test_files: list[Path], device: str, timm_kw
 
 
 def pipeline_side(cfg: Any, comp: Any, run: RunSpec, device: str, timm_kwargs: dict) -> Timed:
-    """This pipeline's own path (pipeline.training.runner.train_run's steps), with cfg.perf's fast paths."""
+    """This pipeline's own path (pipeline.training.run.train_run's steps), with cfg.perf's fast paths."""
     from pipeline.training.learner import run_learner
-    from pipeline.training.runner import run_split
+    from pipeline.training.run import run_split
     from pipeline.training.tta import tta
 
     rss = PeakRSS()

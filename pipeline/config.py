@@ -119,6 +119,7 @@ class TrainConfig:
     checkpoint: bool = True
     oom_retries: int = 3
     callbacks: list[Any] = field(default_factory=list)
+    hooks: list[Any] = field(default_factory=list)
     variant: str | None = None
     fold: int | None = None
     time_budget_h: float | None = None

@@ -116,9 +116,9 @@ def run_jobs(jobs: list[Job], opts: Any) -> list[str | None]:
 
 def plan(job: Job, opts: Any, comps: dict[str, Competition]) -> Notebook:
     """The job's notebook, checked here first: the competition folder, the runs, the weights."""
+    from pipeline.training.jobs import finished
     from pipeline.training.pretrained import check_arch
     from pipeline.training.provenance import run_hash
-    from pipeline.training.runner import finished
     from pipeline.training.specs import resolve_runs
 
     cfg = job.cfg
