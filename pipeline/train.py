@@ -24,7 +24,7 @@ def main(cfg: TrainAppConfig) -> list[dict]:
     from hydra.types import RunMode
 
     from pipeline.errors import PipelineError
-    from pipeline.training.runner import train_model
+    from pipeline.training.jobs import train_model
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.RUN and str(hydra_cfg.launcher.get("_target_", "")).endswith(".KaggleLauncher"):

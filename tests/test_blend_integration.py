@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import predictions
 from pipeline.ensemble.writing import blend
-from pipeline.training.runner import train_model
+from pipeline.training.jobs import train_model
 from tests.conftest import REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow

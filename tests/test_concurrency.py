@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from pipeline.training.runner import run_lock, train_model
+from pipeline.training.jobs import run_lock, train_model
 from tests.conftest import PADDY_SAMPLE, REPO, compose, tiny_run_overrides
 
 OPEN_CACHE = """

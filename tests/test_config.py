@@ -120,7 +120,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 def test_cli_modules_do_not_import_heavy_libraries():
     # --help, config errors and blending must not pay for fastai/timm/kaggle imports.
     code = (
-        "import sys, pipeline.train, pipeline.blend, pipeline.ensemble.writing, pipeline.training.runner,"
+        "import sys, pipeline.train, pipeline.blend, pipeline.ensemble.writing, pipeline.training.jobs,"
         " pipeline.prepare_demo, pipeline.probe, pipeline.training.memory_probe, pipeline.bench,"
         " pipeline.benchmark, pipeline.kernels, hydra_plugins.paddy_pipeline.launchers;"
         "print(sorted(m for m in ('fastai', 'timm', 'kaggle') if m in sys.modules))"
@@ -320,7 +320,7 @@ def test_every_command_checks_ranges_before_reading_anything(tmp_path):
     from pipeline.ensemble.writing import blend
     from pipeline.kaggle.competition_files import download
     from pipeline.kaggle.uploads import submit
-    from pipeline.training.runner import train_model
+    from pipeline.training.jobs import train_model
 
     none, out = tmp_path / "none", f"paths.outputs={tmp_path}"
     probe_main, demo_main = probe.main.__wrapped__.__wrapped__, prepare_demo.main.__wrapped__.__wrapped__

@@ -27,9 +27,9 @@ from pipeline.data.submission_csv import validate_submission
 from pipeline.errors import PipelineError
 from pipeline.kaggle import code_dataset, notebook_ledger
 from pipeline.kaggle.kernels import Job, run_jobs
+from pipeline.training.jobs import train_model
 from pipeline.training.provenance import run_hash
 from pipeline.training.recipe import GROUPS
-from pipeline.training.runner import train_model
 from pipeline.training.specs import resolve_runs
 from tests.conftest import FASHION_MNIST, compose
 from tests.kaggle_stand_in import KEY, USERNAME, KaggleStandIn, route_kaggle_api, tree_digest

@@ -16,8 +16,8 @@ from pipeline.data.train_csv import read_aux_targets
 from pipeline.ensemble.writing import blend
 from pipeline.errors import PipelineError
 from pipeline.kaggle.uploads import label_vocab
+from pipeline.training.jobs import train_model
 from pipeline.training.recipe import recipe_from_config
-from pipeline.training.runner import train_model
 from tests.conftest import PADDY_SAMPLE, REPO, compose, tiny_run_overrides
 
 OTHER = [

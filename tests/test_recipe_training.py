@@ -13,9 +13,10 @@ from pipeline import predictions
 from pipeline.data.competition import scan_competition
 from pipeline.data.demo import GROUPS
 from pipeline.ensemble.writing import blend
+from pipeline.training.jobs import RunsFailed, train_model
 from pipeline.training.learner import run_learner
 from pipeline.training.pretrained import timm_kwargs
-from pipeline.training.runner import RunsFailed, run_split, train_model
+from pipeline.training.run import run_split
 from pipeline.training.schedules import fit
 from pipeline.training.specs import resolve_runs
 from tests.conftest import PADDY_SAMPLE, compose, tiny_run_overrides, write_competition

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from pipeline import predictions
-from pipeline.training.runner import RunsFailed, RunsStopped, train_model
+from pipeline.training.jobs import RunsFailed, RunsStopped, train_model
 from tests.conftest import REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
 
 
 def files(folder):
-    """A folder's files, less the runs' lock files (.<run>.lock, kept: see training/runner.run_lock)."""
+    """A folder's files, less the runs' lock files (.<run>.lock, kept: see training/jobs.run_lock)."""
     return sorted(p.name for p in folder.iterdir() if p.suffix != ".lock")
 
 

@@ -11,7 +11,7 @@ import torch
 
 from pipeline import predictions
 from pipeline.errors import PipelineError
-from pipeline.training.runner import train_model
+from pipeline.training.jobs import train_model
 from tests.conftest import REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow

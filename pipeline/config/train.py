@@ -38,6 +38,7 @@ class TrainConfig:
     checkpoint: bool = True
     oom_retries: int = ranged(3, NON_NEGATIVE)
     callbacks: list[Any] = field(default_factory=list)
+    hooks: list[Any] = field(default_factory=list)  # listeners of a run's events (pipeline.training.events)
     variant: str | None = None
     fold: int | None = ranged(None, NON_NEGATIVE)
     time_budget_h: float | None = ranged(None, POSITIVE)

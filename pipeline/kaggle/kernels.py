@@ -114,9 +114,9 @@ def run_jobs(jobs: list[Job], opts: Any) -> list[str | None]:
 
 def plan(job: Job, opts: Any, comps: dict[str, Competition]) -> Notebook:
     """The job's notebook, checked here first: the competition folder, the runs, the weights."""
+    from pipeline.training.jobs import finished
     from pipeline.training.pretrained import check_arch
     from pipeline.training.provenance import run_hash
-    from pipeline.training.runner import finished
     from pipeline.training.specs import resolve_runs
 
     cfg = job.cfg
@@ -230,18 +230,7 @@ class Sweep:
             response = call_api(
                 lambda: self.api.kernels_push(str(folder), acc=acc), f"push of notebook {nb.ref}", self.opts.kaggle
             )
-            refused = response.error or "; ".join(
-                f"cannot attach {', '.join(bad)}"
-                for bad in (
-                    response.invalid_dataset_sources,
-                    response.invalid_competition_sources,
-                    response.invalid_kernel_sources,
-                )
-                if bad
-            )
-            if refused:
-                if response.invalid_competition_sources:
-                    refused += f" (accept the rules at https://www.kaggle.com/competitions/{nb.competition}/rules)"
+            if refused := refusal(response, nb.competition):
                 raise PipelineError(f"Kaggle refused notebook {nb.ref}: {refused}")
         except PipelineError as e:
             nb.error = str(e)
@@ -257,6 +246,12 @@ class Sweep:
             )
             return False
         nb.version, nb.status, nb.resume = response.version_number, "queued", False
+        self.record_push(nb, code, response.url)
+        log.info("%s: pushed notebook %s, session %d (version %s)", nb.name, nb.ref, nb.session, nb.version)
+        return True
+
+    def record_push(self, nb: Notebook, code: code_dataset.CodeDataset, url: str) -> None:
+        """The pushed session in the ledger, queued: a later sweep follows it from there."""
         entry = ledger.read(self.opts.ledger).get(nb.ref, {})
         sessions = [*entry.get("sessions", []), {"version": nb.version, "pushed": ledger.now(), "status": "queued"}]
         ledger.update(
@@ -264,7 +259,7 @@ class Sweep:
             nb.ref,
             job=nb.job.overrides,
             job_dir=str(nb.job.job_dir),
-            url=response.url,
+            url=url,
             runs=nb.runs,
             home=nb.home,
             code=code.ref,
@@ -275,8 +270,6 @@ class Sweep:
             status="queued",
             error="",
         )
-        log.info("%s: pushed notebook %s, session %d (version %s)", nb.name, nb.ref, nb.session, nb.version)
-        return True
 
     def poll(self, nb: Notebook) -> bool:
         """Check the notebook's status; at the end of a session, fetch and decide. Whether it changed."""
@@ -386,6 +379,23 @@ class Sweep:
         log.error("%s: %s", nb.name, nb.error)
         ledger.update(self.opts.ledger, nb.ref, status="failed", error=nb.error)
         return False
+
+
+def refusal(response: Any, competition: str) -> str:
+    """Why Kaggle refused a push ("" when it did not): its error, or the sources it cannot attach, with
+    what to do about a competition whose rules are not accepted."""
+    refused = response.error or "; ".join(
+        f"cannot attach {', '.join(bad)}"
+        for bad in (
+            response.invalid_dataset_sources,
+            response.invalid_competition_sources,
+            response.invalid_kernel_sources,
+        )
+        if bad
+    )
+    if refused and response.invalid_competition_sources:
+        refused += f" (accept the rules at https://www.kaggle.com/competitions/{competition}/rules)"
+    return refused
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:

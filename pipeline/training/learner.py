@@ -62,27 +62,17 @@ def build_learner(
     data has extra targets `aux`, pipeline.training.targets), its MixUp/CutMix and weight average callbacks.
     Schedules other than fine_tune train every layer from the start: the body is unfrozen here."""
     from fastai.callback.training import GradientAccumulation
-    from fastai.metrics import error_rate
     from fastai.vision.learner import vision_learner
 
-    from pipeline.data.train_csv import target_sizes
-    from pipeline.training.losses import base_loss
     from pipeline.training.optimizers import opt_func
     from pipeline.training.recipe import recipe_callbacks
     from pipeline.training.schedules import fine_tunes
-    from pipeline.training.targets import MultiTargetLoss, error_rates
 
-    recipe = run.recipe
-    if aux:
-        sizes = target_sizes(len(dls.vocab[0]), aux)  # dls.vocab: one vocab per target, the label's first
-        loss_func = MultiTargetLoss(sizes, [1.0, *(t.weight for t in aux)], lambda: base_loss(recipe.loss))
-        metrics = error_rates(["label", *(t.name for t in aux)], sizes)
-    else:
-        sizes, loss_func, metrics = None, base_loss(recipe.loss), error_rate
+    sizes, loss_func, metrics = loss_and_metrics(dls, run, aux)
     callbacks = [
         GradientAccumulation(run.batch_size),
         stop_on_nonfinite_loss(),
-        *recipe_callbacks(recipe, 1 + len(aux)),
+        *recipe_callbacks(run.recipe, 1 + len(aux)),
     ]
     learn = vision_learner(
         dls,
@@ -90,20 +80,12 @@ def build_learner(
         pretrained=run.pretrained,
         n_out=sum(sizes) if sizes else None,
         loss_func=loss_func,
-        opt_func=opt_func(recipe.optimizer),
+        opt_func=opt_func(run.recipe.optimizer),
         metrics=metrics,
         cbs=[*callbacks, *cbs],
         **timm_kwargs,
     )
-    body = learn.model[0]
-    # timm 1.x Swin and SwinV2 (any model with output_fmt NHWC) return features as [B, H, W, C], but
-    # fastai's TimmBody passes them on to its concat-pool head, which pools the last two axes as NCHW.
-    # Permuting in the body keeps fastai's head and its body/head param groups (freeze, unfreeze) as they are.
-    if body.needs_pool and getattr(body.model, "output_fmt", "NCHW") == "NHWC":
-        from torch import nn
-        from torchvision.ops import Permute
-
-        learn.model[0] = nn.Sequential(body, Permute([0, 3, 1, 2]))
+    pool_channels_first(learn)
     if not fine_tunes(run):
         learn.unfreeze()
     if channels_last:
@@ -112,6 +94,34 @@ def build_learner(
         learn.add_cb(ChannelsLast())
     # Mixed precision only where it pays and is supported without warnings: CUDA.
     return learn.to_fp16() if device == "cuda" else learn
+
+
+def loss_and_metrics(dls: DataLoaders, run: RunSpec, aux: Sequence[AuxTarget]) -> tuple[list[int] | None, Any, Any]:
+    """The output sizes (None: the label's alone, fastai's default head), loss and metrics: the recipe's loss
+    and error_rate, or with extra targets `aux` their multi-target versions, one slice of the output per target."""
+    from fastai.metrics import error_rate
+
+    from pipeline.data.train_csv import target_sizes
+    from pipeline.training.losses import base_loss
+    from pipeline.training.targets import MultiTargetLoss, error_rates
+
+    if not aux:
+        return None, base_loss(run.recipe.loss), error_rate
+    sizes = target_sizes(len(dls.vocab[0]), aux)  # dls.vocab: one vocab per target, the label's first
+    loss_func = MultiTargetLoss(sizes, [1.0, *(t.weight for t in aux)], lambda: base_loss(run.recipe.loss))
+    return sizes, loss_func, error_rates(["label", *(t.name for t in aux)], sizes)
+
+
+def pool_channels_first(learn: Learner) -> None:
+    """timm 1.x Swin and SwinV2 (any model with output_fmt NHWC) return features as [B, H, W, C], but
+    fastai's TimmBody passes them on to its concat-pool head, which pools the last two axes as NCHW.
+    Permuting in the body keeps fastai's head and its body/head param groups (freeze, unfreeze) as they are."""
+    body = learn.model[0]
+    if body.needs_pool and getattr(body.model, "output_fmt", "NCHW") == "NHWC":
+        from torch import nn
+        from torchvision.ops import Permute
+
+        learn.model[0] = nn.Sequential(body, Permute([0, 3, 1, 2]))
 
 
 def find_lr(learn: Learner, steps: int) -> float:

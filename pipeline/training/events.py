@@ -1,0 +1,148 @@
+"""A run's life as named events that code outside training listens to. A tracker (MLflow, TensorBoard),
+pseudo-labelling or distillation attaches here, not inside the job's scheduling or the fit.
+
+Each event calls its listeners with keyword arguments; a listener names the ones it needs and takes
+`**_` for the rest, so that a field added later breaks none:
+
+  started      run, run_hash, path: the run starts training (its lock taken), to write the prediction file `path`
+  epoch_ended  run, fit, epoch, train_loss, valid_loss, metrics, seconds: an epoch of the run ended. `fit`:
+               which of the run's fits (0-based: fine_tune's frozen stage is fit 0), `epoch`: 0-based in
+               that fit, `metrics`: the recorder's metrics by name (error_rate, ...)
+  finished     run, preds, path: the run's Predictions were saved to `path`
+  skipped      run, preds, path: `path` already holds the Predictions of this run (same run hash)
+  failed       run, error: the run failed with the exception `error`; the job goes on with its next run
+
+`run` is the RunSpec. A run another job is training, or one the time budget stops, fires none of
+finished, skipped and failed. Listeners come from config (train.hooks: objects whose methods are named
+after events, instantiated like train.callbacks) or from code (`subscribe`). A listener that raises is
+logged as a warning: it never fails a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import PipelineError, one_line
+
+if TYPE_CHECKING:
+    from fastai.callback.core import Callback
+
+    from pipeline.training.specs import RunSpec
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("started", "epoch_ended", "finished", "skipped", "failed")
+Listener = Callable[..., object]
+
+
+def _name(listener: Listener) -> str:
+    return getattr(listener, "__qualname__", None) or repr(listener)
+
+
+def _recorded(recorder: Any) -> dict[str, float | None]:
+    """The values fastai's Recorder logged for the epoch that just ended, by name (no epoch number, no time)."""
+    names = [n for n in recorder.metric_names if n not in ("epoch", "time")]
+    return {n: None if v is None else float(v) for n, v in zip(names, recorder.values[-1], strict=False)}
+
+
+class RunEvents:
+    """Listeners by event name, called in the order they subscribed."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[str, list[Listener]] = {event: [] for event in EVENTS}
+
+    def subscribe(self, event: str, listener: Listener) -> Callable[[], None]:
+        """Call `listener(**payload)` at every `event`; returns what unsubscribes it."""
+        if event not in self.listeners:
+            raise PipelineError(f"no run event {event!r}: listen to {', '.join(EVENTS)}")
+        self.listeners[event].append(listener)
+        return partial(self.listeners[event].remove, listener)
+
+    def attach(self, hook: object) -> None:
+        """Subscribe each of `hook`'s methods named after an event: one object can follow a run's whole life."""
+        methods = {event: getattr(hook, event) for event in EVENTS if callable(getattr(hook, event, None))}
+        if not methods:
+            raise PipelineError(
+                f"train.hooks: {type(hook).__name__} has no method named after a run event ({', '.join(EVENTS)})"
+            )
+        for event, method in methods.items():
+            self.subscribe(event, method)
+
+    def emit(self, event: str, **payload: Any) -> None:
+        """Call the event's listeners; one that raises is logged and the run goes on."""
+        for listener in list(self.listeners[event]):
+            try:
+                listener(**payload)
+            except Exception as e:  # outside code: a tracker's hiccup must not cost a run hours of training
+                log.warning("run event %s: listener %s raised %s; the run goes on", event, _name(listener), one_line(e))
+
+    def epoch_callback(self, run: RunSpec) -> Callback:
+        """A fastai callback firing `epoch_ended` after each epoch that trained, with the recorder's values:
+        after the Recorder (50) and the epoch's checkpoint (60), before the time budget (70) may end the fit.
+        Fits are counted from when it joins the Learner, as the checkpoint and the time budget count them."""
+        from fastai.callback.core import Callback
+
+        events = self
+
+        class EpochEvents(Callback):
+            order = 65
+
+            def before_fit(self) -> None:
+                self.fit_index = getattr(self, "fit_index", -1) + 1
+
+            def before_epoch(self) -> None:
+                self.started, self.trained = time.perf_counter(), False
+
+            def after_train(self) -> None:
+                self.trained = True
+
+            def after_epoch(self) -> None:
+                # no training phase: an epoch a resumed fit skips (SkipToEpoch), or get_preds and validate,
+                # which fastai wraps in before_epoch and after_epoch too
+                if not self.trained:
+                    return
+                values = _recorded(self.recorder)
+                train_loss, valid_loss = values.pop("train_loss", None), values.pop("valid_loss", None)
+                seconds = time.perf_counter() - self.started
+                events.emit(
+                    "epoch_ended",
+                    run=run,
+                    fit=self.fit_index,
+                    epoch=self.epoch,
+                    train_loss=train_loss,
+                    valid_loss=valid_loss,
+                    metrics=values,
+                    seconds=seconds,
+                )
+
+        return EpochEvents()
+
+
+PROCESS = RunEvents()  # the listeners code subscribed: every job this process runs calls them
+
+
+def subscribe(event: str, listener: Listener) -> Callable[[], None]:
+    """Listen to `event` of every run this process trains from now on (pipeline.training.jobs.train_model);
+    returns what unsubscribes it. The same from config: train.hooks."""
+    return PROCESS.subscribe(event, listener)
+
+
+def job_events(hooks: Iterable[Any]) -> RunEvents:
+    """A job's events: the process's listeners, then the job's train.hooks, made once per job, so that a
+    hook's state (a tracker's connection) spans the job's runs."""
+    from hydra.utils import instantiate
+
+    events = RunEvents()
+    for event, listeners in PROCESS.listeners.items():
+        events.listeners[event].extend(listeners)
+    for hook in hooks:
+        try:
+            made = instantiate(hook)
+        except Exception as e:
+            raise PipelineError(f"train.hooks: cannot make {hook.get('_target_')}: {one_line(e)}") from None
+        events.attach(made)
+    return events
