@@ -372,7 +372,7 @@ def _leaves(node, prefix=""):
 
 @pytest.mark.parametrize("root", sorted(ROOT_SCHEMAS))
 def test_yaml_defaults_agree_with_the_schema(root):
-    """Each default is declared twice, documented in conf/ and typed in pipeline/config.py: they must agree."""
+    """Each default is declared twice, documented in conf/ and typed in pipeline/config/: they must agree."""
     from omegaconf import OmegaConf
 
     import pipeline.config as schema
@@ -388,7 +388,7 @@ def test_yaml_defaults_agree_with_the_schema(root):
         for key, value in _leaves(composed)
         if key in defaults and defaults[key] != "???" and defaults[key] != value
     }
-    assert differ == {}, f"conf/ and pipeline/config.py disagree (schema, yaml): {differ}"
+    assert differ == {}, f"conf/ and pipeline/config/ disagree (schema, yaml): {differ}"
 
 
 # Runs a CLI's main at a given wall-clock time, once its imports are done: jobs started at one moment,

@@ -21,7 +21,7 @@ KEYS = FOLDERS_AND_FILES + COLUMNS  # the data.* keys a Layout is made of
 
 @dataclass(frozen=True)
 class Layout:
-    """The defaults are Paddy Doctor's, as Kaggle ships it (pipeline/config.py: DataConfig has the same)."""
+    """The defaults are Paddy Doctor's, as Kaggle ships it (pipeline/config/data.py: DataConfig has the same)."""
 
     train_dir: str = "train_images"  # <train_dir>/<label>/<image>: the label folders
     test_dir: str = "test_images"  # <test_dir>/<image>
