@@ -356,3 +356,20 @@ def test_the_notebooks_job_config_composes_there_as_it_was_composed_here(tmp_pat
 
     assert OmegaConf.to_container(there) == OmegaConf.to_container(job)
     assert there[group].name == option and OmegaConf.get_type(there[group]) is GROUPS[group][option].schema
+
+
+def test_a_push_accepted_behind_a_5xx_is_followed_not_pushed_again(stand_in, tiny_demo, tmp_path):
+    outputs = tmp_path / "outputs"
+    stand_in.accept_then_fail = 502  # Kaggle starts the session, the answer is lost on the way back
+    job = Job(0, "a", compose("config", job_overrides(tiny_demo, outputs, "model.name=a")), tmp_path / "job0")
+    with route_kaggle_api(stand_in.base_url):
+        errors = run_jobs([job], launcher_options(outputs))
+
+    assert errors == [None]
+    assert stand_in.count("SaveKernel") == 1  # one GPU session, the one Kaggle accepted
+    assert stand_in.count("GetKernel") == 2  # asked before the push (none yet), and again after the 502
+    ((ref, versions),) = stand_in.kernels.items()
+    assert [v.status for v in versions] == ["COMPLETE"]
+    assert (outputs / "preds" / "a_squish32_32.pt").is_file()
+    entry = notebook_ledger.read(outputs / "kaggle_kernels.json")[ref]
+    assert (entry["status"], entry["version"], entry["home"]) == ("complete", 1, ["a_squish32_32"])

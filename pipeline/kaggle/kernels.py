@@ -21,6 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
@@ -32,7 +33,7 @@ from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
 from pipeline.kaggle import code_dataset
 from pipeline.kaggle import notebook_ledger as ledger
-from pipeline.kaggle.client import call_api, connect, credentials_source
+from pipeline.kaggle.client import call_api, connect, credentials_source, status_of
 from pipeline.kaggle.notebooks import INPUT, config_yaml, kaggle_config, slug_for, write_notebook
 
 if TYPE_CHECKING:
@@ -226,10 +227,7 @@ class Sweep:
             folder = write_notebook(
                 nb.folder() / "notebook", nb.ref, nb.session, nb.competition, code, nb.config, self.opts
             )
-            acc = self.opts.accelerator or None
-            response = call_api(
-                lambda: self.api.kernels_push(str(folder), acc=acc), f"push of notebook {nb.ref}", self.opts.kaggle
-            )
+            response = self.save(nb, folder)
             if refused := refusal(response, nb.competition):
                 raise PipelineError(f"Kaggle refused notebook {nb.ref}: {refused}")
         except PipelineError as e:
@@ -249,6 +247,51 @@ class Sweep:
         self.record_push(nb, code, response.url)
         log.info("%s: pushed notebook %s, session %d (version %s)", nb.name, nb.ref, nb.session, nb.version)
         return True
+
+    def save(self, nb: Notebook, folder: Path) -> Any:
+        """Push the notebook folder once. A push that failed on a 5xx, a timeout or a lost connection may
+        have been accepted all the same (a second push would start a second GPU session): before pushing
+        again, ask Kaggle for its latest version, and follow a version that appeared since."""
+        before = self.latest_version(nb)
+        failed_once = False
+
+        def push_or_find() -> Any:
+            nonlocal failed_once
+            if failed_once and (now := self.latest_version(nb)) != before and now is not None:
+                log.warning("%s: the push failed, but Kaggle has a new version %d: following it", nb.name, now)
+                url = f"https://www.kaggle.com/code/{nb.ref}"
+                none: list[str] = []
+                return SimpleNamespace(
+                    version_number=now,
+                    url=url,
+                    error="",
+                    invalid_dataset_sources=none,
+                    invalid_competition_sources=none,
+                    invalid_kernel_sources=none,
+                )
+            failed_once = True  # call_api calls again only after a failure that may pass
+            return self.api.kernels_push(str(folder), acc=self.opts.accelerator or None)
+
+        return call_api(push_or_find, f"push of notebook {nb.ref}", self.opts.kaggle)
+
+    def latest_version(self, nb: Notebook) -> int | None:
+        """The notebook's latest version on Kaggle; None when it was never pushed."""
+        import requests
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+        request = ApiGetKernelRequest()
+        request.user_name, request.kernel_slug = nb.ref.split("/")
+
+        def get() -> int | None:
+            try:
+                with self.api.build_kaggle_client() as kaggle:
+                    return kaggle.kernels.kernels_api_client.get_kernel(request).metadata.current_version_number
+            except requests.HTTPError as e:
+                if status_of(e) == 404:
+                    return None
+                raise
+
+        return call_api(get, f"latest version of notebook {nb.ref}", self.opts.kaggle)
 
     def record_push(self, nb: Notebook, code: code_dataset.CodeDataset, url: str) -> None:
         """The pushed session in the ledger, queued: a later sweep follows it from there."""
