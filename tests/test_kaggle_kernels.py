@@ -373,3 +373,21 @@ def test_a_push_accepted_behind_a_5xx_is_followed_not_pushed_again(stand_in, tin
     assert (outputs / "preds" / "a_squish32_32.pt").is_file()
     entry = notebook_ledger.read(outputs / "kaggle_kernels.json")[ref]
     assert (entry["status"], entry["version"], entry["home"]) == ("complete", 1, ["a_squish32_32"])
+
+
+def test_a_fetched_file_with_another_run_hash_is_kept_aside_and_never_blended(stand_in, tiny_demo, tmp_path):
+    outputs = tmp_path / "outputs"
+    stand_in.script_edit = ("tta:\n  'n': 2\n", "tta:\n  'n': 3\n")  # the notebook runs another TTA than pushed
+    job = Job(0, "a", compose("config", job_overrides(tiny_demo, outputs, "model.name=a")), tmp_path / "job0")
+    with route_kaggle_api(stand_in.base_url):
+        (error,) = run_jobs([job], launcher_options(outputs))
+
+    ((ref, (version,)),) = stand_in.kernels.items()
+    assert version.status == "COMPLETE"  # it trained; what it trained is not the job
+    aside = outputs / "kaggle_rejected" / ref.split("/")[1]
+    assert f"notebook {ref} (session 1, version 1) sent back a prediction file that cannot be used: " in error
+    assert f"a_squish32_32.pt has run hash {predictions.load(aside / 'a_squish32_32.pt').run_hash}, not " in error
+    assert f"kept aside in {aside}, not blended" in error and "\n" not in error
+    assert not (outputs / "preds").exists() or not list((outputs / "preds").iterdir())
+    entry = notebook_ledger.read(outputs / "kaggle_kernels.json")[ref]
+    assert (entry["status"], entry["home"]) == ("failed", [])

@@ -355,11 +355,10 @@ class Sweep:
         record = _read_json(out / "outputs" / "kernel-session.json")
         self.record_session(nb, seconds=record.get("seconds"), state=record.get("state"))
         try:
-            nb.home += self.bring_home(nb, out / "outputs" / "preds")
+            self.bring_home(nb, out / "outputs" / "preds")
         except PipelineError as e:
             self.fail(nb, f"sent back a prediction file that cannot be used: {e}", out)
             return
-        ledger.update(self.opts.ledger, nb.ref, home=nb.home)
         state = record.get("state")
         if status == "complete" and state == "complete" and len(nb.home) == len(nb.runs):
             nb.done = True
@@ -376,29 +375,27 @@ class Sweep:
             what = {"error": "failed", "complete": "failed"}.get(status, "was cancelled on Kaggle")
             self.fail(nb, what + (f" ({failure})" if failure else ""), out)
 
-    def bring_home(self, nb: Notebook, folder: Path) -> list[str]:
-        """Fetched prediction files, read with the safe loader and checked against the competition here,
-        moved into paths.preds (atomically)."""
-        from pipeline.predictions import load
-
-        names = []
+    def bring_home(self, nb: Notebook, folder: Path) -> None:
+        """Fetched prediction files, read with the safe loader and checked against the competition and the
+        job here, moved into paths.preds (atomically) and added to nb.home. One that fails a check is moved
+        aside into <paths.outputs>/kaggle_rejected/<notebook>/, never blended: PipelineError names them."""
+        refused = []
         for name in nb.runs:
             src = folder / f"{name}.pt"
             if name in nb.home or not src.is_file():
                 continue
-            preds = load(src)
-            if preds.vocab != list(nb.comp.vocab) or sorted(preds.test_ids) != sorted(nb.comp.test_ids):
-                raise PipelineError(
-                    f"{name}.pt from notebook {nb.ref} does not match the competition in {nb.comp.root}: "
-                    f"its labels or test images differ (is data.root {nb.competition}?)"
-                )
-            if preds.run_hash != nb.runs[name]:
-                log.warning("%s.pt came home with run hash %s, not %s", name, preds.run_hash, nb.runs[name])
-            with atomic_path(nb.preds / f"{name}.pt") as tmp:
+            why = unusable(nb, name, src)
+            dest = nb.preds if not why else Path(nb.job.cfg.paths.outputs) / "kaggle_rejected" / nb.slug
+            with atomic_path(dest / f"{name}.pt") as tmp:
                 shutil.copyfile(src, tmp)
             src.unlink()
-            names.append(name)
-        return names
+            if why:
+                refused.append(f"{why}: kept aside in {dest}, not blended")
+            else:
+                nb.home.append(name)
+        ledger.update(self.opts.ledger, nb.ref, home=nb.home)
+        if refused:
+            raise PipelineError("; ".join(refused))
 
     def record_session(self, nb: Notebook, **fields: Any) -> None:
         entry = ledger.read(self.opts.ledger).get(nb.ref)
@@ -422,6 +419,25 @@ class Sweep:
         log.error("%s: %s", nb.name, nb.error)
         ledger.update(self.opts.ledger, nb.ref, status="failed", error=nb.error)
         return False
+
+
+def unusable(nb: Notebook, name: str, path: Path) -> str:
+    """Why a fetched prediction file must not be blended ("" when it may): unreadable, another competition,
+    or another run hash than the job's (the notebook trained something else than what was pushed)."""
+    from pipeline.predictions import load
+
+    try:
+        preds = load(path)
+    except PipelineError as e:
+        return f"{name}.pt cannot be read ({e})"
+    if preds.vocab != list(nb.comp.vocab) or sorted(preds.test_ids) != sorted(nb.comp.test_ids):
+        return (
+            f"{name}.pt does not match the competition in {nb.comp.root}: its labels or test images differ "
+            f"(is data.root {nb.competition}?)"
+        )
+    if preds.run_hash != nb.runs[name]:
+        return f"{name}.pt has run hash {preds.run_hash}, not the job's {nb.runs[name]} (it trained another config)"
+    return ""
 
 
 def refusal(response: Any, competition: str) -> str:
