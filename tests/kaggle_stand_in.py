@@ -108,7 +108,8 @@ A pushed notebook runs for real, in a thread: its input is laid out under ``kern
 ``kernel_sources`` notebook's last complete output), the script's ``Path("/kaggle/input")``,
 ``Path("/kaggle/working")`` and ``Path("/kaggle/temp")`` are mapped to that session's folders, and it runs
 with this Python (``sys.executable``) and a bare environment (no credentials, ``PIP_NO_INDEX=1``: no
-internet here). Exit 0 is COMPLETE, anything else ERROR; the files left in its working folder are its output.
+internet here; ``image_path`` as ``PYTHONPATH``, to give the image older packages than this Python's).
+Exit 0 is COMPLETE, anything else ERROR; the files left in its working folder are its output.
 
 ``accept_then_fail`` (a status, e.g. 502) makes the next SaveKernel accept the push, start its session
 and still answer that status, as a gateway that times out after Kaggle accepted a push: the client sees a
@@ -296,6 +297,8 @@ class KaggleStandIn:
         self.push_error = ""  # SaveKernel answers {"error": push_error} when set
         self.accept_then_fail = 0  # the next SaveKernel accepts the push and answers this status (0: off)
         self.script_edit: tuple[str, str] | None = None  # (old, new) replaced in pushed scripts before they run
+        # Folders ahead of this Python's own packages in notebooks (PYTHONPATH): an image with older packages.
+        self.image_path: list[Path] = []
         self.kernel_timeout_s = 600.0
         self.gpu_quota_s = 30 * 3600
         self.datasets: dict[str, Dataset] = {}
@@ -628,6 +631,8 @@ class KaggleStandIn:
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",  # notebooks share this machine's cores; on Kaggle each has its own
         }
+        if self.image_path:
+            env["PYTHONPATH"] = os.pathsep.join(map(str, self.image_path))
         started = time.monotonic()
         version.status = "RUNNING"
         proc = subprocess.Popen(
