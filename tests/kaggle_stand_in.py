@@ -89,6 +89,9 @@ Notebooks (kernels)
   "kernelType", "isPrivate", "enableGpu", "enableInternet", "datasetDataSources",
   "competitionDataSources", "kernelDataSources", "machineShape"}`` (empty lists are not sent) ->
   ``{"ref", "url", "versionNumber", "error", "invalidDatasetSources", ...}``. Not retried by the client.
+* ``GetKernel {"userName", "kernelSlug"}`` (what ``kernels_pull`` sends; the project calls it through
+  ``build_kaggle_client()``) -> ``{"metadata": {"ref", "slug", "title", "currentVersionNumber"}, "blob": {}}``:
+  the latest version; 404 when the notebook was never pushed.
 * ``kernels_status("owner/slug/N")``: ``GetKernelSessionStatus {"userName", "kernelSlug", "versionLabel":
   "vN"}`` -> ``{"status": "QUEUED"|"RUNNING"|"COMPLETE"|"ERROR"|..., "failureMessage"}``.
 * ``kernels_output("owner/slug/N", path, file_pattern=regex)``: ``ListKernelSessionOutput {"userName",
@@ -105,7 +108,12 @@ A pushed notebook runs for real, in a thread: its input is laid out under ``kern
 ``kernel_sources`` notebook's last complete output), the script's ``Path("/kaggle/input")``,
 ``Path("/kaggle/working")`` and ``Path("/kaggle/temp")`` are mapped to that session's folders, and it runs
 with this Python (``sys.executable``) and a bare environment (no credentials, ``PIP_NO_INDEX=1``: no
-internet here). Exit 0 is COMPLETE, anything else ERROR; the files left in its working folder are its output.
+internet here; ``image_path`` as ``PYTHONPATH``, to give the image older packages than this Python's).
+Exit 0 is COMPLETE, anything else ERROR; the files left in its working folder are its output.
+
+``accept_then_fail`` (a status, e.g. 502) makes the next SaveKernel accept the push, start its session
+and still answer that status, as a gateway that times out after Kaggle accepted a push: the client sees a
+failed push, though a new version is running.
 
 Errors as the client raises them
 --------------------------------
@@ -287,6 +295,10 @@ class KaggleStandIn:
         self.python = sys.executable
         self.dataset_ready_polls = 1  # GetDatasetStatus says BLOBS_RECEIVED this many times, then READY
         self.push_error = ""  # SaveKernel answers {"error": push_error} when set
+        self.accept_then_fail = 0  # the next SaveKernel accepts the push and answers this status (0: off)
+        self.script_edit: tuple[str, str] | None = None  # (old, new) replaced in pushed scripts before they run
+        # Folders ahead of this Python's own packages in notebooks (PYTHONPATH): an image with older packages.
+        self.image_path: list[Path] = []
         self.kernel_timeout_s = 600.0
         self.gpu_quota_s = 30 * 3600
         self.datasets: dict[str, Dataset] = {}
@@ -502,6 +514,9 @@ class KaggleStandIn:
             versions.append(version)
         threading.Thread(target=self._run_kernel, args=(ref, version), name=f"kernel-{ref}", daemon=True).start()
         owner, slug = ref.split("/")
+        if self.accept_then_fail:
+            status, self.accept_then_fail = self.accept_then_fail, 0
+            return status, {"code": status, "message": "Stand-in: push accepted, answer lost"}
         return 200, {
             "ref": f"/code/{owner}/{slug}",
             "url": f"https://www.kaggle.com/code/{owner}/{slug}",
@@ -514,6 +529,14 @@ class KaggleStandIn:
         if label is None:
             return versions[-1] if versions else None
         return next((v for v in versions if f"v{v.number}" == label), None)
+
+    def _get_kernel(self, body: dict) -> tuple[int, dict]:
+        version = self._kernel_version({**body, "versionLabel": None})
+        if version is None:
+            return 404, {"code": 404, "message": "Notebook not found"}
+        ref = f"{body['userName']}/{body['kernelSlug']}"
+        meta = {"ref": ref, "slug": body["kernelSlug"], "title": version.request.get("newTitle", "")}
+        return 200, {"metadata": {**meta, "currentVersionNumber": version.number}, "blob": {}}
 
     def _get_kernel_session_status(self, body: dict) -> tuple[int, dict]:
         version = self._kernel_version(body)
@@ -591,6 +614,8 @@ class KaggleStandIn:
             shutil.copytree(last.working, inputs / name.split("/")[1], symlinks=True)
             _read_only(inputs / name.split("/")[1])
         script = request.get("text", "")
+        if self.script_edit:  # a notebook that runs other than what was pushed (edited on Kaggle, a stale copy)
+            script = script.replace(*self.script_edit)
         for kaggle_path, local in zip(KAGGLE_MOUNTS, ("input", "working", "temp"), strict=True):
             script = script.replace(f'Path("{kaggle_path}")', f"Path({str(root / local)!r})")
         (root / "working").mkdir()
@@ -606,6 +631,8 @@ class KaggleStandIn:
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",  # notebooks share this machine's cores; on Kaggle each has its own
         }
+        if self.image_path:
+            env["PYTHONPATH"] = os.pathsep.join(map(str, self.image_path))
         started = time.monotonic()
         version.status = "RUNNING"
         proc = subprocess.Popen(
@@ -668,6 +695,7 @@ _NOTEBOOK_RPCS = {
     "GetDatasetStatus": "_get_dataset_status",
     "ListDatasetFiles": "_list_dataset_files",
     "SaveKernel": "_save_kernel",
+    "GetKernel": "_get_kernel",
     "GetKernelSessionStatus": "_get_kernel_session_status",
     "ListKernelSessionOutput": "_list_kernel_session_output",
     "GetAcceleratorQuotaStatistics": "_get_accelerator_quota_statistics",

@@ -356,3 +356,104 @@ def test_the_notebooks_job_config_composes_there_as_it_was_composed_here(tmp_pat
 
     assert OmegaConf.to_container(there) == OmegaConf.to_container(job)
     assert there[group].name == option and OmegaConf.get_type(there[group]) is GROUPS[group][option].schema
+
+
+def test_a_push_accepted_behind_a_5xx_is_followed_not_pushed_again(stand_in, tiny_demo, tmp_path):
+    outputs = tmp_path / "outputs"
+    stand_in.accept_then_fail = 502  # Kaggle starts the session, the answer is lost on the way back
+    job = Job(0, "a", compose("config", job_overrides(tiny_demo, outputs, "model.name=a")), tmp_path / "job0")
+    with route_kaggle_api(stand_in.base_url):
+        errors = run_jobs([job], launcher_options(outputs))
+
+    assert errors == [None]
+    assert stand_in.count("SaveKernel") == 1  # one GPU session, the one Kaggle accepted
+    assert stand_in.count("GetKernel") == 2  # asked before the push (none yet), and again after the 502
+    ((ref, versions),) = stand_in.kernels.items()
+    assert [v.status for v in versions] == ["COMPLETE"]
+    assert (outputs / "preds" / "a_squish32_32.pt").is_file()
+    entry = notebook_ledger.read(outputs / "kaggle_kernels.json")[ref]
+    assert (entry["status"], entry["version"], entry["home"]) == ("complete", 1, ["a_squish32_32"])
+
+
+def test_a_fetched_file_with_another_run_hash_is_kept_aside_and_never_blended(stand_in, tiny_demo, tmp_path):
+    outputs = tmp_path / "outputs"
+    stand_in.script_edit = ("tta:\n  'n': 2\n", "tta:\n  'n': 3\n")  # the notebook runs another TTA than pushed
+    job = Job(0, "a", compose("config", job_overrides(tiny_demo, outputs, "model.name=a")), tmp_path / "job0")
+    with route_kaggle_api(stand_in.base_url):
+        (error,) = run_jobs([job], launcher_options(outputs))
+
+    ((ref, (version,)),) = stand_in.kernels.items()
+    assert version.status == "COMPLETE"  # it trained; what it trained is not the job
+    aside = outputs / "kaggle_rejected" / ref.split("/")[1]
+    assert f"notebook {ref} (session 1, version 1) sent back a prediction file that cannot be used: " in error
+    assert f"a_squish32_32.pt has run hash {predictions.load(aside / 'a_squish32_32.pt').run_hash}, not " in error
+    assert f"kept aside in {aside}, not blended" in error and "\n" not in error
+    assert not (outputs / "preds").exists() or not list((outputs / "preds").iterdir())
+    entry = notebook_ledger.read(outputs / "kaggle_kernels.json")[ref]
+    assert (entry["status"], entry["home"]) == ("failed", [])
+
+
+def wheel_of_installed(name: str, folder: Path) -> Path:
+    """A real wheel of the distribution installed here (its files as RECORD lists them): what a user would
+    `pip download` for a notebook with the internet off."""
+    import importlib.metadata
+    import zipfile
+
+    dist = importlib.metadata.distribution(name)
+    files = [f for f in dist.files if not f.as_posix().startswith("..") and "__pycache__" not in f.parts]
+    info = next(f.parts[0] for f in files if f.parts[0].endswith(".dist-info"))
+    wheel = folder / f"{name}-{dist.version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            if f.name != "RECORD":
+                zf.write(dist.locate_file(f), f.as_posix())
+        zf.writestr(f"{info}/RECORD", "".join(f"{f.as_posix()},,\n" for f in files))
+    return wheel
+
+
+def test_a_package_older_than_the_wheel_asks_is_installed_in_the_notebook(stand_in, tiny_demo, tmp_path):
+    import importlib.metadata
+
+    image = tmp_path / "image"  # the image's fastai 2.7: no fasttransform, so this project cannot import it
+    (image / "fastai").mkdir(parents=True)
+    (image / "fastai" / "__init__.py").write_text("raise ImportError('the image fastai 2.7.0 was imported')\n")
+    (image / "fastai-2.7.0.dist-info").mkdir()
+    (image / "fastai-2.7.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: fastai\nVersion: 2.7.0\n")
+    stand_in.image_path = [image]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    offered = wheel_of_installed("fastai", wheels)
+    outputs = tmp_path / "outputs"
+    job = Job(0, "a", compose("config", job_overrides(tiny_demo, outputs, "model.name=a")), tmp_path / "job0")
+    with route_kaggle_api(stand_in.base_url):
+        errors = run_jobs([job], launcher_options(outputs, wheels=str(wheels)))
+
+    ((ref, (version,)),) = stand_in.kernels.items()
+    log = session_log(stand_in, ref, 1)
+    assert errors == [None], log[-3000:]
+    assert offered.name in stand_in.datasets[CODE].versions[-1]  # offered with the code, internet off
+    assert "the image's fastai 2.7.0 is older than fastai>=2.8 asks" in log
+    assert f"installing into {version.root}/temp/site-packages: fastai>=2.8\n" in log
+    installed = importlib.metadata.version("fastai")
+    assert (version.root / "temp" / "site-packages" / f"fastai-{installed}.dist-info").is_dir()
+    assert "the image fastai 2.7.0 was imported" not in log
+    assert (outputs / "preds" / "a_squish32_32.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("installed", "req", "older"),
+    [
+        ("2.7.19", "fastai>=2.8", True),
+        ("2.8.0", "fastai>=2.8", False),
+        ("2.8.0rc1", "fastai>=2.8", False),  # pre-release tags are not compared
+        ("1.3.2", "hydra-core>=1.3.2,<1.4", False),
+        ("1.4.0", "hydra-core>=1.3.2,<1.4", False),  # newer than an upper bound: kept
+        ("2.4", "torch[cuda]>2.4", True),
+        ("0.0.2", "fasttransform~=0.0.3", True),
+        ("1.0", "six", False),
+    ],
+)
+def test_the_notebook_finds_a_package_below_the_wheels_floor(installed, req, older):
+    from pipeline.kaggle.notebook_script import below_floor
+
+    assert below_floor(installed, req) is older

@@ -129,7 +129,7 @@ def call(
         try:
             return fn()
         except (requests.RequestException, UploadFailed) as e:
-            status = _status(e)
+            status = status_of(e)
             transient = isinstance(e, (requests.ConnectionError, requests.Timeout, UploadFailed)) or (
                 status is not None and (status == 429 or status >= 500)
             )
@@ -149,7 +149,7 @@ def call_api(fn: Callable[[], T], what: str, retry: Any) -> T:
     and the client's own refusals (ValueError: a bad kernel or dataset reference) as one line too."""
 
     def describe(e: Exception, _: str) -> str:
-        status = _status(e)
+        status = status_of(e)
         if status == 403:
             return f"Kaggle refused access (403: {_short(e)}): check that this account owns it"
         if status == 404:
@@ -167,7 +167,7 @@ def explain(e: Exception, competition: str) -> str:
     """What went wrong and what to do, in one line, without credentials."""
     import requests
 
-    status = _status(e)
+    status = status_of(e)
     page = f"https://www.kaggle.com/competitions/{competition}"
     if isinstance(e, UploadFailed):
         return f"the file upload was refused ({e}): try again later"
@@ -189,7 +189,8 @@ def explain(e: Exception, competition: str) -> str:
     return f"{status}: {_short(e)}" if status else _short(e)
 
 
-def _status(e: Exception) -> int | None:
+def status_of(e: Exception) -> int | None:
+    """The HTTP status of a requests error; None for one without a response."""
     return getattr(getattr(e, "response", None), "status_code", None)
 
 
@@ -200,7 +201,7 @@ def _short(e: Exception) -> str:
     if errno:
         return errno.group(0).strip()
     text = text.split(" for url:")[0]  # requests' own message ends with the URL
-    text = text.removeprefix(f"{_status(e)} ") if _status(e) else text
+    text = text.removeprefix(f"{status_of(e)} ") if status_of(e) else text
     return " ".join(text.split())[:300] or type(e).__name__
 
 

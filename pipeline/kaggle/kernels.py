@@ -21,6 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
@@ -32,7 +33,7 @@ from pipeline.errors import PipelineError
 from pipeline.fileio import atomic_path
 from pipeline.kaggle import code_dataset
 from pipeline.kaggle import notebook_ledger as ledger
-from pipeline.kaggle.client import call_api, connect, credentials_source
+from pipeline.kaggle.client import call_api, connect, credentials_source, status_of
 from pipeline.kaggle.notebooks import INPUT, config_yaml, kaggle_config, slug_for, write_notebook
 
 if TYPE_CHECKING:
@@ -226,10 +227,7 @@ class Sweep:
             folder = write_notebook(
                 nb.folder() / "notebook", nb.ref, nb.session, nb.competition, code, nb.config, self.opts
             )
-            acc = self.opts.accelerator or None
-            response = call_api(
-                lambda: self.api.kernels_push(str(folder), acc=acc), f"push of notebook {nb.ref}", self.opts.kaggle
-            )
+            response = self.save(nb, folder)
             if refused := refusal(response, nb.competition):
                 raise PipelineError(f"Kaggle refused notebook {nb.ref}: {refused}")
         except PipelineError as e:
@@ -249,6 +247,51 @@ class Sweep:
         self.record_push(nb, code, response.url)
         log.info("%s: pushed notebook %s, session %d (version %s)", nb.name, nb.ref, nb.session, nb.version)
         return True
+
+    def save(self, nb: Notebook, folder: Path) -> Any:
+        """Push the notebook folder once. A push that failed on a 5xx, a timeout or a lost connection may
+        have been accepted all the same (a second push would start a second GPU session): before pushing
+        again, ask Kaggle for its latest version, and follow a version that appeared since."""
+        before = self.latest_version(nb)
+        failed_once = False
+
+        def push_or_find() -> Any:
+            nonlocal failed_once
+            if failed_once and (now := self.latest_version(nb)) != before and now is not None:
+                log.warning("%s: the push failed, but Kaggle has a new version %d: following it", nb.name, now)
+                url = f"https://www.kaggle.com/code/{nb.ref}"
+                none: list[str] = []
+                return SimpleNamespace(
+                    version_number=now,
+                    url=url,
+                    error="",
+                    invalid_dataset_sources=none,
+                    invalid_competition_sources=none,
+                    invalid_kernel_sources=none,
+                )
+            failed_once = True  # call_api calls again only after a failure that may pass
+            return self.api.kernels_push(str(folder), acc=self.opts.accelerator or None)
+
+        return call_api(push_or_find, f"push of notebook {nb.ref}", self.opts.kaggle)
+
+    def latest_version(self, nb: Notebook) -> int | None:
+        """The notebook's latest version on Kaggle; None when it was never pushed."""
+        import requests
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+        request = ApiGetKernelRequest()
+        request.user_name, request.kernel_slug = nb.ref.split("/")
+
+        def get() -> int | None:
+            try:
+                with self.api.build_kaggle_client() as kaggle:
+                    return kaggle.kernels.kernels_api_client.get_kernel(request).metadata.current_version_number
+            except requests.HTTPError as e:
+                if status_of(e) == 404:
+                    return None
+                raise
+
+        return call_api(get, f"latest version of notebook {nb.ref}", self.opts.kaggle)
 
     def record_push(self, nb: Notebook, code: code_dataset.CodeDataset, url: str) -> None:
         """The pushed session in the ledger, queued: a later sweep follows it from there."""
@@ -312,11 +355,10 @@ class Sweep:
         record = _read_json(out / "outputs" / "kernel-session.json")
         self.record_session(nb, seconds=record.get("seconds"), state=record.get("state"))
         try:
-            nb.home += self.bring_home(nb, out / "outputs" / "preds")
+            self.bring_home(nb, out / "outputs" / "preds")
         except PipelineError as e:
             self.fail(nb, f"sent back a prediction file that cannot be used: {e}", out)
             return
-        ledger.update(self.opts.ledger, nb.ref, home=nb.home)
         state = record.get("state")
         if status == "complete" and state == "complete" and len(nb.home) == len(nb.runs):
             nb.done = True
@@ -333,29 +375,27 @@ class Sweep:
             what = {"error": "failed", "complete": "failed"}.get(status, "was cancelled on Kaggle")
             self.fail(nb, what + (f" ({failure})" if failure else ""), out)
 
-    def bring_home(self, nb: Notebook, folder: Path) -> list[str]:
-        """Fetched prediction files, read with the safe loader and checked against the competition here,
-        moved into paths.preds (atomically)."""
-        from pipeline.predictions import load
-
-        names = []
+    def bring_home(self, nb: Notebook, folder: Path) -> None:
+        """Fetched prediction files, read with the safe loader and checked against the competition and the
+        job here, moved into paths.preds (atomically) and added to nb.home. One that fails a check is moved
+        aside into <paths.outputs>/kaggle_rejected/<notebook>/, never blended: PipelineError names them."""
+        refused = []
         for name in nb.runs:
             src = folder / f"{name}.pt"
             if name in nb.home or not src.is_file():
                 continue
-            preds = load(src)
-            if preds.vocab != list(nb.comp.vocab) or sorted(preds.test_ids) != sorted(nb.comp.test_ids):
-                raise PipelineError(
-                    f"{name}.pt from notebook {nb.ref} does not match the competition in {nb.comp.root}: "
-                    f"its labels or test images differ (is data.root {nb.competition}?)"
-                )
-            if preds.run_hash != nb.runs[name]:
-                log.warning("%s.pt came home with run hash %s, not %s", name, preds.run_hash, nb.runs[name])
-            with atomic_path(nb.preds / f"{name}.pt") as tmp:
+            why = unusable(nb, name, src)
+            dest = nb.preds if not why else Path(nb.job.cfg.paths.outputs) / "kaggle_rejected" / nb.slug
+            with atomic_path(dest / f"{name}.pt") as tmp:
                 shutil.copyfile(src, tmp)
             src.unlink()
-            names.append(name)
-        return names
+            if why:
+                refused.append(f"{why}: kept aside in {dest}, not blended")
+            else:
+                nb.home.append(name)
+        ledger.update(self.opts.ledger, nb.ref, home=nb.home)
+        if refused:
+            raise PipelineError("; ".join(refused))
 
     def record_session(self, nb: Notebook, **fields: Any) -> None:
         entry = ledger.read(self.opts.ledger).get(nb.ref)
@@ -379,6 +419,25 @@ class Sweep:
         log.error("%s: %s", nb.name, nb.error)
         ledger.update(self.opts.ledger, nb.ref, status="failed", error=nb.error)
         return False
+
+
+def unusable(nb: Notebook, name: str, path: Path) -> str:
+    """Why a fetched prediction file must not be blended ("" when it may): unreadable, another competition,
+    or another run hash than the job's (the notebook trained something else than what was pushed)."""
+    from pipeline.predictions import load
+
+    try:
+        preds = load(path)
+    except PipelineError as e:
+        return f"{name}.pt cannot be read ({e})"
+    if preds.vocab != list(nb.comp.vocab) or sorted(preds.test_ids) != sorted(nb.comp.test_ids):
+        return (
+            f"{name}.pt does not match the competition in {nb.comp.root}: its labels or test images differ "
+            f"(is data.root {nb.competition}?)"
+        )
+    if preds.run_hash != nb.runs[name]:
+        return f"{name}.pt has run hash {preds.run_hash}, not the job's {nb.runs[name]} (it trained another config)"
+    return ""
 
 
 def refusal(response: Any, competition: str) -> str:

@@ -56,36 +56,81 @@ def requirements(wheel: Path) -> list[str]:
     return [r.split(";")[0].strip() for r in found if "extra ==" not in r]
 
 
-def missing(reqs: list[str]) -> list[str]:
-    """The requirements whose distribution is not installed at all. One installed at another version
-    than the range asks is kept (reinstalling torch would break the image's CUDA build)."""
-    absent, present = [], []
+def release(version: str) -> tuple[int, ...]:
+    """A version's release numbers, trailing zeros dropped ("2.8.0rc1" -> (2, 8)): enough to compare
+    against the lower bounds of Requires-Dist (pre- and post-release tags are ignored)."""
+    found = re.match(r"\d+(?:\.\d+)*", version.strip())
+    numbers = [int(n) for n in found.group(0).split(".")] if found else [0]
+    while len(numbers) > 1 and numbers[-1] == 0:
+        numbers.pop()
+    return tuple(numbers)
+
+
+def below_floor(installed: str, req: str) -> bool:
+    """Whether `installed` misses a lower bound of `req` (>=, >, ==, ~=). An upper bound is not checked:
+    a newer package is kept (reinstalling the image's torch would break its CUDA build)."""
+    have = release(installed)
+    for spec in re.sub(r"^[A-Za-z0-9._-]+(\[[^\]]*\])?", "", req).split(","):
+        found = re.match(r"\s*(>=|~=|==|>)\s*([^\s*]+)", spec)
+        if found and (have < release(found.group(2)) or (found.group(1) == ">" and have == release(found.group(2)))):
+            return True
+    return False
+
+
+def outdated(reqs: list[str]) -> list[str]:
+    """The requirements whose distribution is absent or older than they ask, as sys.path finds it."""
+    todo, present = [], []
     for req in reqs:
         name = re.match(r"[A-Za-z0-9._-]+", req).group(0)
         try:
-            present.append(f"{name} {metadata.version(name)}")
+            version = metadata.version(name)
         except metadata.PackageNotFoundError:
-            absent.append(req)
+            todo.append(req)
+            continue
+        present.append(f"{name} {version}")
+        if below_floor(version, req):
+            say(f"the image's {name} {version} is older than {req} asks")
+            todo.append(req)
     say("the image has " + ", ".join(present))
-    return absent
+    return todo
+
+
+def installed_requirements(site: Path, reqs: list[str]) -> list[str]:
+    """What the distributions just installed into `site` for `reqs` require in turn (no extras, no markers:
+    those are left to the image)."""
+    found = []
+    for req in reqs:
+        name = re.match(r"[A-Za-z0-9._-]+", req).group(0)
+        try:
+            dist = next(metadata.distributions(name=name, path=[str(site)]))
+        except StopIteration:
+            continue
+        found += [r for r in dist.requires or [] if ";" not in r]
+    return found
 
 
 def install(code: Path, site: Path) -> None:
-    """The project's wheel into `site` (--no-deps: the image has torch, timm, fastai); then whatever the
-    image lacks, from the code dataset's own wheels when there are any (internet off), else from PyPI."""
+    """The project's wheel into `site` (--no-deps: the image has torch, timm, fastai); then whatever the image
+    lacks or has older than the wheel asks (and what those need in turn), into `site`, which comes first on the
+    path: from the code dataset's own wheels when there are any (internet off), else from PyPI."""
     wheel = code / JOB["wheel"]
     if not wheel.is_file():
         raise SystemExit(f"the code dataset has no {JOB['wheel']} (looked in {code})")
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "--no-deps", "--target", str(site), str(wheel)], check=True)
     say(f"installed {wheel.name} into {site}")
-    absent = missing(requirements(wheel))
-    if not absent:
-        return
+    sys.path.insert(0, str(site))  # what is installed there is what pipeline.train imports
     source = ["--find-links", str(code)] + ([] if JOB["internet"] else ["--no-index"])
-    say(f"installing what the image lacks: {' '.join(absent)}")
-    if subprocess.run([*pip, *source, *absent]).returncode:
-        say("could not install them (with the internet off, upload their wheels with the code: README)")
+    reqs = requirements(wheel)
+    for _ in range(5):  # a few rounds: an upgraded package may need newer packages of its own
+        todo = outdated(reqs)
+        if not todo:
+            return
+        say(f"installing into {site}: {' '.join(todo)}")
+        if subprocess.run([*pip, *source, "--no-deps", "--upgrade", "--target", str(site), *todo]).returncode:
+            say("could not install them (with the internet off, upload their wheels with the code: README)")
+            return
+        reqs = installed_requirements(site, todo)
 
 
 def restore(outputs: Path) -> None:
