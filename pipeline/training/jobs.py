@@ -112,7 +112,7 @@ def open_job(cfg: Any, runs: list[RunSpec], budget: TimeBudget) -> TrainingJob:
     """What the job's runs share: the checked competition, the device and the job's event listeners."""
     from pipeline.training.learner import pick_device
 
-    comp = scan_competition(cfg.data.root, Layout.from_config(cfg.data))
+    comp = scan_competition(cfg.data.root, Layout.from_config(cfg.data), cache_dir=cfg.perf.cache_dir)
     read_aux_targets(comp, runs[0].recipe.aux_targets)  # a bad train.csv fails here, before any run trains
     device = pick_device(cfg.train.device)
     log.info(
@@ -166,9 +166,10 @@ class TrainingJob:
         later when the run's turn comes; else the run is pending."""
         from pipeline.training.pretrained import timm_kwargs
 
-        identity = run_hash(run, self.cfg.data, self.cfg.tta, self.comp.fingerprint)
+        data = self.comp.fingerprint_for(run.recipe.aux_targets)
+        identity = run_hash(run, self.cfg.data, self.cfg.tta, data)
         path = Path(self.cfg.paths.preds) / f"{run.name}.pt"
-        if not self.cfg.train.force and (done := finished(path, identity, self.comp.fingerprint)):
+        if not self.cfg.train.force and (done := finished(path, identity, data)):
             log.info(
                 "run %s: already trained with this config (%s): skipped; train.force=true retrains", run.name, path
             )
@@ -200,7 +201,8 @@ class TrainingJob:
                 lock = lock_file(path)
                 log.warning("run %s: another job is training it (%s is held): skipped here", run.name, lock)
                 return RunResult(run, "busy", error=f"trained by another job ({lock} is held)")
-            if not self.cfg.train.force and (done := finished(path, todo.identity, self.comp.fingerprint)):
+            data = self.comp.fingerprint_for(run.recipe.aux_targets)
+            if not self.cfg.train.force and (done := finished(path, todo.identity, data)):
                 log.info("run %s: trained by another job meanwhile (%s): skipped", run.name, path)
                 self.events.emit("skipped", run=run, preds=done, path=path)
                 return RunResult(run, "skipped", path, done.metrics["valid_error"], done.metrics["valid_error_tta"])
@@ -293,7 +295,7 @@ def finished(path: Path, identity: str, data_fingerprint: str) -> Predictions | 
         return None
     if preds.run_hash != identity:
         if preds.environment.get("data_fingerprint", data_fingerprint) != data_fingerprint:
-            log.info("%s was trained on other data (images added, removed, moved or changed): retraining", path)
+            log.info("%s was trained on other data (images or train.csv changed, added or removed): retraining", path)
         else:
             log.info(
                 "%s was trained with another config (run hash %s, now %s): retraining", path, preds.run_hash, identity
