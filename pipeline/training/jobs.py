@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.config import check_ranges
 from pipeline.data.competition import Competition, scan_competition
 from pipeline.data.layout import Layout
+from pipeline.data.splits import check_training_batch
 from pipeline.data.train_csv import read_aux_targets
 from pipeline.errors import PipelineError, one_line
 from pipeline.predictions import Predictions, load, save
@@ -114,6 +115,8 @@ def open_job(cfg: Any, runs: list[RunSpec], budget: TimeBudget) -> TrainingJob:
 
     comp = scan_competition(cfg.data.root, Layout.from_config(cfg.data), cache_dir=cfg.perf.cache_dir)
     read_aux_targets(comp, runs[0].recipe.aux_targets)  # a bad train.csv fails here, before any run trains
+    for run in runs:  # a split too large for one batch fails here, not after the image cache is built
+        check_training_batch(len(comp.train_files), cfg.data.split, cfg.data.valid_pct, cfg.data.folds, run.batch_size)
     device = pick_device(cfg.train.device)
     log.info(
         "%s: %d runs on %s; %d training images in %d classes, %d test images",
