@@ -21,6 +21,7 @@ from pipeline.fileio import atomic_path
 FORMAT = "paddy-pipeline/predictions"
 VERSION = 2  # 2: valid_probs_plain (no TTA), member, split
 SUM_TOLERANCE = 1e-3  # how far a row of probabilities may sum from 1: float32 softmax, averaged over TTA passes
+RANGE_TOLERANCE = 1e-6  # how far one probability may stray outside [0, 1]: float32 rounding of such means
 
 
 @dataclass
@@ -57,34 +58,22 @@ class Predictions:
     path: Path | None = None  # where it was loaded from; not stored
 
     def check(self, where: str, fix: str) -> None:
-        """Shapes and types agree with each other and the probabilities are finite rows summing to 1;
-        raises PipelineError naming `where` and saying `fix`, what to do."""
-        n_classes = len(self.vocab)
-        problems = []
+        """Shapes and types agree with each other and the probabilities, the main target's and each extra
+        target's, are finite, in [0, 1] and in rows summing to 1; raises PipelineError naming `where` and
+        saying `fix`, what to do."""
+        n_classes, n_valid = len(self.vocab), len(self.valid_ids)
         probs_by_name = {
-            "test_probs": (self.test_probs, self.test_ids),
-            "valid_probs": (self.valid_probs, self.valid_ids),
-            "valid_probs_plain": (self.valid_probs_plain, self.valid_ids),
+            "test_probs": (self.test_probs, len(self.test_ids), n_classes),
+            "valid_probs": (self.valid_probs, n_valid, n_classes),
+            "valid_probs_plain": (self.valid_probs_plain, n_valid, n_classes),
         }
-        if any(probs.dtype != torch.float32 for probs, _ in probs_by_name.values()):
-            problems.append("probabilities are not float32")
-        for name, (probs, ids) in probs_by_name.items():
-            if tuple(probs.shape) != (len(ids), n_classes):
-                problems.append(f"{name} is {tuple(probs.shape)}, expected ({len(ids)}, {n_classes})")
-            elif bad := int((~probs.isfinite()).sum()):  # e.g. a diverged run's NaN
-                problems.append(f"{name} has {bad} NaN or infinite values")
-            elif len(probs):
-                sums = probs.double().sum(1)
-                worst = float(sums[(sums - 1).abs().argmax()])
-                if abs(worst - 1) > SUM_TOLERANCE:
-                    problems.append(f"{name} rows do not sum to 1 (one sums to {worst:.4g})")
+        for name, aux in self.aux_targets.items():
+            probs_by_name[f"aux target {name}'s valid_probs"] = (aux["valid_probs"], n_valid, len(aux["vocab"]))
+        problems = [p for name, args in probs_by_name.items() if (p := probability_problem(name, *args))]
         if tuple(self.valid_targets.shape) != (len(self.valid_ids),):
             problems.append("valid_targets does not match valid_ids")
         for name, aux in self.aux_targets.items():
-            expected = (len(self.valid_ids), len(aux["vocab"]))
-            if aux["valid_probs"].dtype != torch.float32 or tuple(aux["valid_probs"].shape) != expected:
-                problems.append(f"aux target {name}'s valid_probs are not float32 of shape {expected}")
-            if tuple(aux["valid_targets"].shape) != expected[:1]:
+            if tuple(aux["valid_targets"].shape) != (len(self.valid_ids),):
                 problems.append(f"aux target {name}'s valid_targets do not match valid_ids")
         if len(set(self.test_ids)) != len(self.test_ids):
             problems.append("test_ids repeat")
@@ -96,6 +85,27 @@ class Predictions:
     @property
     def valid_accuracy(self) -> float:
         return float((self.valid_probs.argmax(1) == self.valid_targets).float().mean())
+
+
+def probability_problem(name: str, probs: torch.Tensor, n_rows: int, n_classes: int) -> str | None:
+    """What is wrong with `probs` as an (n_rows, n_classes) float32 table of probabilities, if anything."""
+    if probs.dtype != torch.float32:
+        return f"{name} are not float32"
+    if tuple(probs.shape) != (n_rows, n_classes):
+        return f"{name} is {tuple(probs.shape)}, expected ({n_rows}, {n_classes})"
+    if bad := int((~probs.isfinite()).sum()):  # e.g. a diverged run's NaN
+        return f"{name} has {bad} NaN or infinite values"
+    if not len(probs):
+        return None
+    # a row of [1.5, -0.5] sums to 1 but is no probability; rounding in TTA's means stays far inside this
+    low, high = float(probs.min()), float(probs.max())
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        return f"{name} has values outside [0, 1] (from {low:.4g} to {high:.4g})"
+    sums = probs.double().sum(1)
+    worst = float(sums[(sums - 1).abs().argmax()])
+    if abs(worst - 1) > SUM_TOLERANCE:
+        return f"{name} rows do not sum to 1 (one sums to {worst:.4g})"
+    return None
 
 
 def recipe_summary(preds: Predictions) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,16 @@ def write_competition(root: Path, train: dict[str, list[Path]], test: list[Path]
     sample = pd.DataFrame({"image_id": ids, "label": ""}).sample(frac=1, random_state=seed)
     sample.to_csv(root / "sample_submission.csv", index=False)
     return root
+
+
+def same_size_swap(target, source):
+    """Rewrite the photo `target` with another photo's bytes, zero-padded or cut to `target`'s size (a JPEG
+    decoder stops at its end marker; one cut short still decodes at 1/8 scale), its mtime put back."""
+    st = target.stat()
+    data = source.read_bytes()[: st.st_size].ljust(st.st_size, b"\0")
+    target.write_bytes(data)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
 
 
 @pytest.fixture(scope="session")

@@ -83,6 +83,16 @@ def test_no_prediction_files(tmp_path, comp_root):
         blend(blend_cfg(tmp_path, comp_root))
 
 
+def test_a_missing_data_folder_is_said_before_the_prediction_files(tmp_path):
+    absent = tmp_path / "absent"
+    with pytest.raises(PipelineError) as e:
+        blend(blend_cfg(tmp_path, absent))  # no prediction files either: the data folder is named first
+    assert str(e.value) == (
+        f"data folder {absent} does not exist: set data.root to the competition folder "
+        "(blend reads its sample_submission.csv)"
+    )
+
+
 def test_runs_disagreeing_on_vocab_are_refused_by_name(tmp_path, comp_root):
     save(tmp_path, make_preds("a"))
     save(tmp_path, make_preds("b", vocab=("dog", "cat")))

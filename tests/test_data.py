@@ -1,3 +1,4 @@
+import json
 import logging
 import shutil
 import struct
@@ -10,6 +11,7 @@ from PIL import Image
 
 from pipeline.data.competition import scan_competition
 from pipeline.errors import PipelineError
+from tests.conftest import same_size_swap
 
 PADDY_LABELS = [
     "bacterial_leaf_blight",
@@ -178,3 +180,24 @@ def test_fingerprint_follows_the_files_not_the_folder(paddy_copy, tmp_path):
     sample.iloc[::-1].to_csv(moved / "sample_submission.csv", index=False)  # the test rows reordered
     seen.append(scan_competition(moved).fingerprint)
     assert len(set(seen)) == len(seen)
+
+
+def test_fingerprint_follows_the_bytes_and_keeps_them_in_an_index(paddy_copy, tmp_path):
+    cache = tmp_path / "cache"
+    first = scan_competition(paddy_copy, cache_dir=cache)
+    assert first.fingerprint == scan_competition(paddy_copy).fingerprint  # the index changes nothing
+    (index,) = cache.glob("file-hashes-*.json")
+    assert len(json.loads(index.read_text())["files"]) == len(first.train_files) + len(first.test_files)
+
+    # the index is what a second scan reads: a hash planted there for an unchanged file is used
+    entries = json.loads(index.read_text())
+    name = str(first.train_files[0].resolve())
+    entries["files"][name][-1] = "0" * 64
+    index.write_text(json.dumps(entries))
+    assert scan_competition(paddy_copy, cache_dir=cache).fingerprint != first.fingerprint
+
+    a, b = sorted(paddy_copy.glob("train_images/*/*.jpg"))[:2]
+    same_size_swap(a, b)
+    swapped = scan_competition(paddy_copy, cache_dir=cache)
+    assert a in swapped.train_files  # still a readable photo, only another one
+    assert swapped.fingerprint == scan_competition(paddy_copy).fingerprint != first.fingerprint  # ctime moved

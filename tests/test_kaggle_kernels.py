@@ -293,6 +293,7 @@ def test_without_credentials_nothing_is_asked_or_built(stand_in, tiny_demo, tmp_
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: no Kaggle credentials: save kaggle.json")
     assert stand_in.requests == [] and not (tmp_path / "outputs" / "kaggle_kernels.json").exists()
+    assert not (tmp_path / "outputs" / "runs").exists()  # no sweep folder left behind
     assert KEY not in done.stdout + done.stderr
 
 

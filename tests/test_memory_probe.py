@@ -126,3 +126,11 @@ def test_training_uses_the_probed_accum_unless_train_accum_is_given():
     assert [r.accum for r in resolve_runs(cfg, probed)] == [8, 2]
     cfg = compose("config", ["+model=vit_large", "train.accum=4"])
     assert [r.accum for r in resolve_runs(cfg, probed)] == [4, 4]
+
+
+def test_probe_with_a_broken_weights_file_names_it(paddy_root, weights_dir, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\xff" * 1000)  # safetensors alone says "header too large", naming no file
+    overrides = [*tiny_run_overrides(paddy_root, weights_dir, tmp_path), f"model.weights={broken}"]
+    with pytest.raises(PipelineError, match=f"weights file {broken} for tf_efficientnet_lite0 is not a readable"):
+        probe_model(compose("config", overrides))

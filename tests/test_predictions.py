@@ -87,6 +87,16 @@ def _write_unchecked(preds, path):
     return path
 
 
+def _aux(valid_probs):
+    """An extra target's record as training writes it (pipeline.training.run), for make_preds' two validation images."""
+    return {
+        "vocab": ["ADT45", "Ponni", "IR20"],
+        "weight": 1.0,
+        "valid_probs": valid_probs,
+        "valid_targets": torch.tensor([1, 2]),
+    }
+
+
 NOT_PROBABILITIES = [  # (fields replaced, the array named, what is wrong)
     ({"test_probs": torch.full((3, 2), float("nan"))}, "test_probs", "has 6 NaN or infinite values"),
     (
@@ -95,6 +105,21 @@ NOT_PROBABILITIES = [  # (fields replaced, the array named, what is wrong)
         "has 1 NaN or infinite value",
     ),
     ({"valid_probs": torch.tensor([[0.5, 0.1], [0.3, 0.7]])}, "valid_probs", "rows do not sum to 1 (one sums to 0.6)"),
+    (  # rows that sum to 1 are not enough
+        {"test_probs": torch.tensor([[1.5, -0.5], [0.3, 0.7], [0.2, 0.8]])},
+        "test_probs",
+        "has values outside [0, 1] (from -0.5 to 1.5)",
+    ),
+    (
+        {"aux_targets": {"variety": _aux(torch.tensor([[float("nan"), 0.5, 0.5], [0.2, 0.3, 0.5]]))}},
+        "aux target variety's valid_probs",
+        "has 1 NaN or infinite values",
+    ),
+    (
+        {"aux_targets": {"variety": _aux(torch.tensor([[-0.25, 0.75, 0.5], [0.2, 0.3, 0.5]]))}},
+        "aux target variety's valid_probs",
+        "has values outside [0, 1] (from -0.25 to 0.75)",
+    ),
 ]
 
 

@@ -174,17 +174,17 @@ def test_extra_targets_are_read_from_train_csv(tmp_path):
     (variety, age) = read_aux_targets(competition(tmp_path, GOOD + "9.jpg,c,IR20,60\n"), {"variety": 1.0, "age": 0.5})
     assert (variety.vocab, variety.weight) == (["ADT45", "Ponni"], 1.0)
     assert [variety(f) for f in competition(tmp_path, GOOD).train_files] == ["ADT45", "Ponni", "ADT45", "Ponni"]
-    assert (age.vocab, age.weight, age.values["2.jpg"]) == (["45", "50"], 0.5, "50")  # categories, as text
+    assert (age.vocab, age.weight, age.values["a/2.jpg"]) == (["45", "50"], 0.5, "50")  # categories, as text
 
 
 @pytest.mark.parametrize(
     ("train_csv", "targets", "message"),
     [
         (GOOD, {"breed": 1.0}, r"train.csv has no column 'breed' \(its columns: image_id, label, variety, age\)"),
-        (GOOD.replace("4.jpg", "5.jpg"), {"variety": 1.0}, r"1 training image\(s\) have no row in .* \(e.g. 4.jpg\)"),
+        (GOOD.replace("4.jpg", "5.jpg"), {"variety": 1.0}, r"1 training image\(s\) have no row in .* \(e.g. b/4.jpg\)"),
         (GOOD.replace("Ponni", "ADT45"), {"variety": 1.0}, "variety in .* has one value \\('ADT45'\\) for every"),
-        (GOOD + "4.jpg,b,IR20,45\n", {"variety": 1.0}, "lists training image 4.jpg more than once"),
-        (GOOD.replace(",Ponni,50", ",,50"), {"variety": 1.0}, r"1 training image\(s\) have no variety \(e.g. 2.jpg\)"),
+        (GOOD + "4.jpg,b,IR20,45\n", {"variety": 1.0}, "lists training image b/4.jpg more than once"),
+        (GOOD.replace(",Ponni,50", ",,50"), {"variety": 1.0}, r"1 training image\(s\) have no variety \(e.g. a/2\.jpg"),
         ("image_id\n1.jpg\n", {"variety": 1.0}, "has no column 'variety'"),
     ],
 )
@@ -192,6 +192,33 @@ def test_bad_extra_targets_are_one_clear_line(tmp_path, train_csv, targets, mess
     with pytest.raises(PipelineError, match=message) as e:
         read_aux_targets(competition(tmp_path, train_csv), targets)
     assert "\n" not in str(e.value)
+
+
+def test_extra_targets_are_looked_up_by_label_folder_and_name(tmp_path):
+    comp = competition(tmp_path, GOOD.replace("3.jpg", "1.jpg"))  # a/1.jpg and b/1.jpg: two images
+    comp.train_files[2] = comp.train_files[2].with_name("1.jpg")
+    (variety,) = read_aux_targets(comp, {"variety": 1.0})
+    assert [variety(f) for f in comp.train_files] == ["ADT45", "Ponni", "ADT45", "Ponni"]
+    # without the label column, the name alone cannot tell them apart: one line, not a silent merge
+    (tmp_path / "train.csv").write_text("image_id,variety\n1.jpg,ADT45\n2.jpg,Ponni\n4.jpg,Ponni\n")
+    with pytest.raises(PipelineError) as e:
+        read_aux_targets(comp, {"variety": 1.0})
+    assert str(e.value) == (
+        f"{tmp_path / 'train.csv'} names images by image_id alone, but 1.jpg is in two label folders (a and b): "
+        "add a label column to it, or rename one of the images"
+    )
+
+
+def test_a_numeric_column_with_many_values_is_refused_as_an_extra_target(tmp_path):
+    rows = "".join(f"{n}.jpg,{label},{20 + n}\n" for n, label in enumerate("ab" * 11))  # 22 ages
+    comp = competition(tmp_path, "image_id,label,age\n" + rows)
+    comp.train_files[:] = [tmp_path / "train_images" / label / f"{n}.jpg" for n, label in enumerate("ab" * 11)]
+    with pytest.raises(PipelineError) as e:
+        read_aux_targets(comp, {"age": 1.0})
+    assert str(e.value).startswith("data.aux_targets: age in ") and "\n" not in str(e.value)
+    assert "looks like a number, not a class (22 numeric values, more than 20)" in str(e.value)
+    (tmp_path / "train.csv").write_text("image_id,label,age\n" + rows.replace(",2", ",x2"))  # text: classes
+    assert len(read_aux_targets(comp, {"age": 1.0})[0].vocab) == 22
 
 
 def test_extra_targets_need_train_csv(tmp_path):

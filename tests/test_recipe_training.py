@@ -4,6 +4,7 @@ blended beside a single-target run. 32 px, a few images: seconds each on a CPU."
 
 import logging
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -146,6 +147,20 @@ def test_multi_target_run_on_the_demo_data(few_root, weights_dir, tmp_path, capl
     assert preds.metrics["valid_error_group"] == pytest.approx(error)
     assert "error_rate_group" in capsys.readouterr().out  # fastai's recorder: each head's metric
     assert f"group {error:.4f}" in caplog.text  # the training table
+
+
+def test_an_edited_extra_target_retrains_only_the_multi_target_run(few_root, weights_dir, tmp_path):
+    data = shutil.copytree(few_root, tmp_path / "few")  # the fixture is shared: edit a copy
+    (single,) = train_model(tiny(data, weights_dir, tmp_path))
+    (multi,) = train_model(tiny(data, weights_dir, tmp_path, "data.aux_targets=[group]"))
+    table = pd.read_csv(data / "train.csv")
+    first, other = table.group.iloc[0], next(g for g in table.group if g != table.group.iloc[0])
+    table.loc[0, "group"] = other  # one image's extra target changed, the images are the same
+    table.to_csv(data / "train.csv", index=False)
+    (single_again,) = train_model(tiny(data, weights_dir, tmp_path))
+    (multi_again,) = train_model(tiny(data, weights_dir, tmp_path, "data.aux_targets=[group]"))
+    assert (single.status, multi.status, first != other) == ("trained", "trained", True)
+    assert (single_again.status, multi_again.status) == ("skipped", "trained")
 
 
 @pytest.fixture(scope="module")

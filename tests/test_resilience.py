@@ -12,7 +12,7 @@ import torch
 
 from pipeline import predictions
 from pipeline.training.jobs import RunsFailed, RunsStopped, train_model
-from tests.conftest import REPO, compose, tiny_run_overrides
+from tests.conftest import REPO, compose, same_size_swap, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +56,20 @@ def test_a_finished_run_is_retrained_when_its_data_changes(demo_root, weights_di
     assert again.status == "trained" and "was trained on other data" in caplog.text
     assert predictions.load(again.path).environment["data_fingerprint"] != fingerprint
     (done,) = train_model(compose("config", tiny_run_overrides(moved, weights_dir, preds)))
+    assert done.status == "skipped"
+
+
+def test_a_finished_run_is_retrained_when_an_image_is_replaced_by_one_of_the_same_size(
+    paddy_root, weights_dir, tmp_path
+):
+    data = shutil.copytree(paddy_root, tmp_path / "paddy")
+    overrides = tiny_run_overrides(data, weights_dir, tmp_path / "preds")
+    (first,) = train_model(compose("config", overrides))
+    a, b = sorted(data.glob("train_images/*/*.jpg"))[:2]
+    same_size_swap(a, b)  # size and mtime as before, other bytes
+    (again,) = train_model(compose("config", overrides))
+    assert (first.status, again.status) == ("trained", "trained")
+    (done,) = train_model(compose("config", overrides))
     assert done.status == "skipped"
 
 

@@ -48,10 +48,32 @@ def test_train_one_run_on_the_demo_data(demo_root, weights_dir, tmp_path, caplog
     assert "valid err TTA" in caplog.text and "tiny_squish32_32" in caplog.text
 
 
-def test_too_few_images_for_one_batch_is_a_clear_error(demo_root, weights_dir, tmp_path):
-    cfg = compose("config", [*tiny_run_overrides(demo_root, weights_dir, tmp_path), "model.batch_size=512"])
-    with pytest.raises(PipelineError, match="160 training images are fewer than one batch of 512"):
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.batch_size=512"],
+            "data.valid_pct=0.2 holds out 40 of the 200 training images, leaving 160 to train on, fewer than one "
+            "batch of 512: lower data.valid_pct or model.batch_size",
+        ),
+        (
+            ["data.valid_pct=0.99"],
+            "data.valid_pct=0.99 holds out 198 of the 200 training images, leaving 2 to train on, fewer than one "
+            "batch of 16: lower data.valid_pct or model.batch_size",
+        ),
+        (
+            ["data.split=kfold", "data.folds=2", "data.seed=0", "model.batch_size=128"],
+            "data.folds=2 holds out 100 of the 200 training images, leaving 100 to train on, fewer than one "
+            "batch of 128: lower data.folds or model.batch_size",
+        ),
+    ],
+)
+def test_too_few_images_for_one_batch_is_refused_before_any_run(demo_root, weights_dir, tmp_path, overrides, message):
+    cfg = compose("config", [*tiny_run_overrides(demo_root, weights_dir, tmp_path), *overrides])
+    with pytest.raises(PipelineError) as e:
         train_model(cfg)
+    assert str(e.value) == message
+    assert not (tmp_path / "cache").exists()  # refused before anything was cached (images, file hashes)
 
 
 def _run(*args):

@@ -42,6 +42,15 @@ def test_missing_local_weights_file(tmp_path):
         timm_kwargs(replace(RUN, weights=str(tmp_path / "absent.pth")))
 
 
+def test_a_broken_safetensors_file_is_named_before_any_model_is_built(tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\xff" * 1000)  # its first 8 bytes, the header's length, are far beyond the file
+    with pytest.raises(PipelineError) as e:
+        timm_kwargs(replace(RUN, weights=str(broken)))
+    assert str(e.value).startswith(f"weights file {broken} for tf_efficientnet_lite0 is not a readable safetensors")
+    assert "replace it, or fix model.weights" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_no_network_and_no_cache_fails_at_once(tmp_path, monkeypatch):
     # An empty cache, and the hub pointed at a loopback port where nothing listens.
     from huggingface_hub import constants

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.data.file_hashes import content_hashes, hash_file, index_path
 from pipeline.data.layout import PADDY, Layout
 from pipeline.data.submission_csv import read_sample_submission
 from pipeline.errors import PipelineError
@@ -36,6 +37,7 @@ class Competition:
     test_files: list[Path]  # in the sample submission's row order
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     layout: Layout = PADDY
+    hash_index: Path | None = None  # where the images' content hashes are kept (data/file_hashes.index_path)
 
     @property
     def test_ids(self) -> list[str]:
@@ -60,21 +62,34 @@ class Competition:
     @cached_property
     def fingerprint(self) -> str:
         """The data a run trains and predicts on, as first asked for: the training images with their
-        label folders and the test images in the sample submission's order, each with its size. Paths
-        are relative to the data folder and mtimes left out, so the same competition moved, copied or
-        mounted elsewhere (Kaggle's /kaggle/input) keeps finished runs; a rewritten JPEG changes size."""
-        return fingerprint([*self.train_files, *self.test_files], self.root, mtimes=False)
+        label folders and the test images in the sample submission's order, each with the hash of its
+        bytes (data/file_hashes: read once, then kept in `hash_index`). Paths are relative to the data
+        folder and mtimes left out, so the same competition moved, copied or mounted elsewhere (Kaggle's
+        /kaggle/input) keeps finished runs; an image replaced by another, even of the same size, retrains."""
+        files = [*self.train_files, *self.test_files]
+        h = hashlib.sha256()
+        for f, digest in zip(files, content_hashes(files, self.hash_index), strict=True):
+            h.update(f"\0{f.relative_to(self.root)}\0{digest}".encode())
+        return h.hexdigest()
+
+    def fingerprint_for(self, aux_targets: Iterable[str]) -> str:
+        """The fingerprint of what a run reads: the images, and train.csv's bytes when the run has extra
+        targets (an edited variety column retrains it; a run without extra targets ignores train.csv)."""
+        if not list(aux_targets):
+            return self.fingerprint
+        csv = self.train_csv_path
+        digest = hash_file(csv) if csv.is_file() else "missing"  # read_aux_targets refuses a missing one
+        return hashlib.sha256(f"{self.fingerprint}\0{self.layout.train_csv}\0{digest}".encode()).hexdigest()
 
 
-def fingerprint(files: Iterable[Path], root: Path | None = None, *, mtimes: bool = True) -> str:
-    """A hash of each file's path (relative to `root`, else absolute), size and (with `mtimes`) mtime,
-    in order: it changes when a file is added, removed, renamed, moved to another folder or rewritten.
-    One stat a file; the images are not read."""
+def stat_fingerprint(files: Iterable[Path]) -> str:
+    """A hash of each file's absolute path, size, mtime and ctime, in order: it changes when a file is
+    added, removed, renamed, moved or rewritten (ctime too when its old mtime is put back). One stat a
+    file; the images are not read. Keys caches of this machine's files (data/image_cache)."""
     h = hashlib.sha256()
     for f in files:
         st = f.stat()
-        name = f.relative_to(root) if root is not None else f.resolve()
-        h.update(f"\0{name}\0{st.st_size}\0{st.st_mtime_ns if mtimes else ''}".encode())
+        h.update(f"\0{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}".encode())
     return h.hexdigest()
 
 
@@ -134,8 +149,9 @@ def _test_files(root: Path, layout: Layout) -> list[Path]:
     return [test_by_name[i] for i in ids]
 
 
-def scan_competition(root: str | Path, layout: Layout = PADDY) -> Competition:
-    """Find and check every file training and prediction will need, before anything is trained.
+def scan_competition(root: str | Path, layout: Layout = PADDY, *, cache_dir: str | Path | None = None) -> Competition:
+    """Find and check every file training and prediction will need, before anything is trained. With
+    `cache_dir` (perf.cache_dir), the images' content hashes behind the fingerprint are kept there.
 
     Unreadable training images are skipped with a warning naming each; an unreadable test image
     stops the scan, since every test row needs a prediction, and so does an image fastai would
@@ -174,4 +190,5 @@ def scan_competition(root: str | Path, layout: Layout = PADDY) -> Competition:
     vocab = sorted({p.parent.name for p in train_files})
     if len(vocab) < n_labels:
         raise PipelineError(f"after skipping unreadable images, some label folders in {train_dir} are empty")
-    return Competition(root, vocab, train_files, test_files, skipped, layout)
+    hashes = index_path(cache_dir, root) if cache_dir is not None else None
+    return Competition(root, vocab, train_files, test_files, skipped, layout, hashes)

@@ -5,8 +5,8 @@ On 2 CPU cores, decoding a 480x640 JPEG and resizing it costs about 5 ms, paid a
 of every epoch and every TTA pass; reading a row of the array costs a copy.
 
 Safety:
-- The cache key holds the item transform, the cache format and every source file's path, size and
-  mtime: a changed, added or removed image gives a new key, so a stale image is never served.
+- The cache key holds the item transform, the cache format and every source file's path, size,
+  mtime and ctime: a changed, added or removed image gives a new key, so a stale image is never served.
 - The array (`<key>.npy`) and its index (`<key>.json`, written last) are each written to a temporary
   file and renamed into place; an array whose header, shape or length does not match its index is
   rebuilt, never served. A killed build's temporary array is removed when the cache is next opened
@@ -35,7 +35,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 from PIL import Image
 
-from pipeline.data.competition import fingerprint
+from pipeline.data.competition import stat_fingerprint
 from pipeline.fileio import atomic_path, locked_temp_file, sweep_temp_files
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def cache_key(run: RunSpec, files: list[Path]) -> str:
 
     transform = f"{run.resize}{'x'.join(map(str, run.item_size))}"
     # absolute paths: the index names its rows by path, so each data folder has its own cache
-    identity = [FORMAT_VERSION, fastai.__version__, transform, fingerprint(files)]
+    identity = [FORMAT_VERSION, fastai.__version__, transform, stat_fingerprint(files)]
     return f"{transform}-{hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]}"
 
 

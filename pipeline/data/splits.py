@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,3 +89,20 @@ def make_split(
     if len(valid) == 0:
         raise PipelineError(f"data.valid_pct={valid_pct} holds out no image of {n}: raise it")
     return Split(strategy, seed, fold, n_folds, n, np.sort(valid))
+
+
+def check_training_batch(n: int, strategy: str, valid_pct: float, folds: int, batch_size: int) -> None:
+    """Refuse, before anything is built, a split whose training part holds fewer images than one batch
+    (fastai drops a last incomplete batch, so such a run would train on nothing). Counts as make_split's:
+    random holds out int(valid_pct * n), holdout ceil(valid_pct * n) (sklearn), kfold at most ceil(n / folds)."""
+    strategy = str(strategy)
+    if strategy == "kfold":
+        held, setting = math.ceil(n / folds), f"data.folds={folds}"
+    else:
+        held = (math.ceil if strategy == "holdout" else int)(valid_pct * n)
+        setting = f"data.valid_pct={valid_pct:g}"
+    if n - held < batch_size:
+        raise PipelineError(
+            f"{setting} holds out {held} of the {n} training images, leaving {n - held} to train on, fewer than "
+            f"one batch of {batch_size}: lower {setting.split('=')[0]} or model.batch_size"
+        )

@@ -145,6 +145,11 @@ def compute_blend(cfg: BlendAppConfig) -> BlendResult:
     check_ranges(cfg)
     WEIGHTINGS[cfg.blend.weighting]  # an unknown name: one line listing the known ones, before any file is read
     layout = Layout.from_config(cfg.data)  # a config error before any file is read
+    if not Path(cfg.data.root).is_dir():  # said first: a wrong folder would otherwise read as "no prediction files"
+        raise PipelineError(
+            f"data folder {cfg.data.root} does not exist: set data.root to the competition folder "
+            f"(blend reads its {layout.sample_submission})"
+        )
     runs = [load(f) for f in select_files(cfg.paths.preds, list(cfg.blend.runs))]
     sample_path = Path(cfg.data.root) / layout.sample_submission
     order = list(read_sample_submission(sample_path, layout)[layout.id_column])

@@ -124,7 +124,7 @@ def plan(job: Job, opts: Any, comps: dict[str, Competition]) -> Notebook:
     root = str(cfg.data.root)
     if root not in comps:
         try:
-            comps[root] = scan_competition(root, Layout.from_config(cfg.data))
+            comps[root] = scan_competition(root, Layout.from_config(cfg.data), cache_dir=cfg.perf.cache_dir)
         except PipelineError as e:
             raise PipelineError(
                 f"{e} (fetched predictions are checked against the competition here, and blended with it: "
@@ -140,11 +140,12 @@ def plan(job: Job, opts: Any, comps: dict[str, Competition]) -> Notebook:
                 "a Kaggle dataset, add it to hydra.launcher.datasets and set model.weights=/kaggle/input/<dataset>/"
                 "<file> (or model.weights=null: timm's weights, downloaded in the notebook)"
             )
-    data = comps[root].fingerprint  # the notebook's copy of the competition has the same fingerprint
-    hashes = {run.name: run_hash(run, kcfg.data, kcfg.tta, data) for run in runs}
+    # the notebook's copy of the competition has the same fingerprints (content hashes, relative paths)
+    data = {run.name: comps[root].fingerprint_for(run.recipe.aux_targets) for run in runs}
+    hashes = {run.name: run_hash(run, kcfg.data, kcfg.tta, data[run.name]) for run in runs}
     job_hash = hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()[:10]
     preds = Path(cfg.paths.preds)
-    home = [name for name, h in hashes.items() if finished(preds / f"{name}.pt", h, data)]
+    home = [name for name, h in hashes.items() if finished(preds / f"{name}.pt", h, data[name])]
     return Notebook(
         job=job,
         slug=slug_for(opts.prefix, kcfg.model.name, job_hash),

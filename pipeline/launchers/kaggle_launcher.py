@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
@@ -25,6 +25,18 @@ from pipeline.launchers.base import SweepLauncher
 class KaggleLauncher(SweepLauncher):
     def __init__(self, **options: Any) -> None:
         self.options = OmegaConf.create(options)
+
+    def setup(self, **kwargs: Any) -> None:
+        """Check the credentials first: Hydra's sweeper makes the sweep folder (multirun.yaml) between setup
+        and launch, so without them an error here leaves nothing behind."""
+        from pipeline.errors import PipelineError
+        from pipeline.kaggle.client import credentials_source
+
+        try:
+            credentials_source()
+        except PipelineError as e:
+            stop(e)
+        super().setup(**kwargs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from pipeline.errors import JobFailed, PipelineError
@@ -50,9 +62,8 @@ class KaggleLauncher(SweepLauncher):
         HydraConfig.instance().set_config(self.config)
         try:
             errors = run_jobs(jobs, self.options)
-        except PipelineError as e:  # nothing could start (credentials, the code upload): one line, as every CLI
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        except PipelineError as e:  # nothing could start (the code upload, ...)
+            stop(e)
         except KeyboardInterrupt:
             print("interrupted: the notebooks go on on Kaggle; the same command follows them", file=sys.stderr)
             sys.exit(130)
@@ -70,6 +81,12 @@ class KaggleLauncher(SweepLauncher):
             self.hydra_context.callbacks.on_job_end(config=cfg, job_return=ret)
             returns.append(ret)
         return returns
+
+
+def stop(error: Exception) -> NoReturn:
+    """Nothing could start: one line, as every CLI, and exit 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 def job_labels(job_overrides: Sequence[Sequence[str]]) -> list[str]:

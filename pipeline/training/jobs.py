@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.config import check_ranges
 from pipeline.data.competition import Competition, scan_competition
 from pipeline.data.layout import Layout
+from pipeline.data.splits import check_training_batch
 from pipeline.data.train_csv import read_aux_targets
 from pipeline.errors import PipelineError, one_line
 from pipeline.predictions import Predictions, load, save
@@ -112,8 +113,10 @@ def open_job(cfg: Any, runs: list[RunSpec], budget: TimeBudget) -> TrainingJob:
     """What the job's runs share: the checked competition, the device and the job's event listeners."""
     from pipeline.training.learner import pick_device
 
-    comp = scan_competition(cfg.data.root, Layout.from_config(cfg.data))
+    comp = scan_competition(cfg.data.root, Layout.from_config(cfg.data), cache_dir=cfg.perf.cache_dir)
     read_aux_targets(comp, runs[0].recipe.aux_targets)  # a bad train.csv fails here, before any run trains
+    for run in runs:  # a split too large for one batch fails here, not after the image cache is built
+        check_training_batch(len(comp.train_files), cfg.data.split, cfg.data.valid_pct, cfg.data.folds, run.batch_size)
     device = pick_device(cfg.train.device)
     log.info(
         "%s: %d runs on %s; %d training images in %d classes, %d test images",
@@ -166,9 +169,10 @@ class TrainingJob:
         later when the run's turn comes; else the run is pending."""
         from pipeline.training.pretrained import timm_kwargs
 
-        identity = run_hash(run, self.cfg.data, self.cfg.tta, self.comp.fingerprint)
+        data = self.comp.fingerprint_for(run.recipe.aux_targets)
+        identity = run_hash(run, self.cfg.data, self.cfg.tta, data)
         path = Path(self.cfg.paths.preds) / f"{run.name}.pt"
-        if not self.cfg.train.force and (done := finished(path, identity, self.comp.fingerprint)):
+        if not self.cfg.train.force and (done := finished(path, identity, data)):
             log.info(
                 "run %s: already trained with this config (%s): skipped; train.force=true retrains", run.name, path
             )
@@ -200,7 +204,8 @@ class TrainingJob:
                 lock = lock_file(path)
                 log.warning("run %s: another job is training it (%s is held): skipped here", run.name, lock)
                 return RunResult(run, "busy", error=f"trained by another job ({lock} is held)")
-            if not self.cfg.train.force and (done := finished(path, todo.identity, self.comp.fingerprint)):
+            data = self.comp.fingerprint_for(run.recipe.aux_targets)
+            if not self.cfg.train.force and (done := finished(path, todo.identity, data)):
                 log.info("run %s: trained by another job meanwhile (%s): skipped", run.name, path)
                 self.events.emit("skipped", run=run, preds=done, path=path)
                 return RunResult(run, "skipped", path, done.metrics["valid_error"], done.metrics["valid_error_tta"])
@@ -293,7 +298,7 @@ def finished(path: Path, identity: str, data_fingerprint: str) -> Predictions | 
         return None
     if preds.run_hash != identity:
         if preds.environment.get("data_fingerprint", data_fingerprint) != data_fingerprint:
-            log.info("%s was trained on other data (images added, removed, moved or changed): retraining", path)
+            log.info("%s was trained on other data (images or train.csv changed, added or removed): retraining", path)
         else:
             log.info(
                 "%s was trained with another config (run hash %s, now %s): retraining", path, preds.run_hash, identity

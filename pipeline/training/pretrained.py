@@ -89,6 +89,7 @@ def timm_kwargs(run: RunSpec) -> dict[str, Any]:
                 f"weights file {path} for {run.arch} not found: fix model.weights, or set it to null "
                 "to use the timm cache or the hub"
             )
+        check_weights_file(path, run.arch)
         return {"pretrained_cfg_overlay": {"file": str(path.resolve())}}
     cached = _cached_file(pretrained_cfg)
     if cached:
@@ -105,6 +106,24 @@ def timm_kwargs(run: RunSpec) -> dict[str, Any]:
             f"to cache {pretrained_cfg.hf_hub_id or pretrained_cfg.url}"
         )
     return {}
+
+
+def check_weights_file(path: Path, arch: str) -> None:
+    """Refuse a .safetensors file whose header cannot be read, naming it: safetensors' own error (e.g.
+    "header too large") names no file, and comes minutes later, when the model is built. Only the header
+    is read; other formats are loaded whole by timm, so they are left to it."""
+    if path.suffix != ".safetensors":
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt"):
+            pass
+    except Exception as e:  # SafetensorError, or an OSError for an unreadable file
+        raise PipelineError(
+            f"weights file {path} for {arch} is not a readable safetensors file ({type(e).__name__}: {e}): "
+            "replace it, or fix model.weights"
+        ) from None
 
 
 def lite_source_file(arch: str) -> Path:

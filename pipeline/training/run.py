@@ -219,7 +219,8 @@ def predictions(
         environment=environment(device)
         | {
             "split_seed_configured": cfg.data.seed is not None,
-            "data_fingerprint": comp.fingerprint,  # the data it was trained on, as in its run hash
+            # the data it was trained on, as in its run hash
+            "data_fingerprint": comp.fingerprint_for(run.recipe.aux_targets),
         },
         aux_targets=aux_records,
         lr_found=out.lr_found,
