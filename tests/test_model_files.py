@@ -5,6 +5,7 @@ real Paddy photos, then a plain and a TTA prediction pass. Random weights (model
 batches of 2: no hub; about 3.5 minutes of CPU time for the file, 20-35 s for each large-model variant."""
 
 import gc
+import os
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,15 @@ def one_step():
     return OneStep()
 
 
+@pytest.fixture
+def all_cores():
+    """Large models at real sizes use every core (the suite's other tests run one torch thread: conftest)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def check_probs(probs: torch.Tensor, n: int, n_classes: int, what: str) -> None:
     assert probs.shape == (n, n_classes), what
     assert probs.isfinite().all(), what
@@ -39,7 +49,7 @@ def test_every_model_file_is_covered():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODEL_FILES)
-def test_model_file_trains_and_predicts(model, paddy_root, tmp_path):
+def test_model_file_trains_and_predicts(model, paddy_root, tmp_path, all_cores):
     from pipeline.data.competition import Competition, scan_competition
     from pipeline.training.learner import run_learner
     from pipeline.training.pretrained import timm_kwargs
