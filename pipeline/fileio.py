@@ -14,6 +14,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,12 +107,21 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
         if not is_disk_full(e, targets[0].parent):
             raise
         written = sum(tmp.stat().st_size for _, tmp in locked if tmp.exists()) or 1
+        _release(e)
     finally:
         for fd, tmp in locked:
             tmp.unlink(missing_ok=True)
             os.close(fd)  # releases the lock
     if written:  # raised once the temporary files are gone, so that the free space reported is the real one
         raise DiskFull(targets[0], written, at_least=True) from None
+
+
+def _release(e: BaseException | None) -> None:
+    """Drop the finished frames of `e` and the errors it was raised in: torch's zip writer, still open in
+    them, holds the space of the temporary file about to be deleted."""
+    while e is not None:
+        traceback.clear_frames(e.__traceback__)
+        e = e.__context__
 
 
 def write_atomic(path: str | Path, content: str | bytes) -> Path:
