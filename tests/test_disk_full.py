@@ -47,7 +47,10 @@ def fill(folder: Path, leave_kb: int = 0) -> Path:
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip()]
+    """The command's own lines on stderr: without the FutureWarnings libraries print on import."""
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return [line for line in lines if "Warning: " not in line and line.strip() != "warnings.warn("]
 
 
 def _train(*overrides: str) -> subprocess.CompletedProcess:
