@@ -9,10 +9,13 @@ never one a live process is still writing.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import secrets
-from collections.abc import Iterator
+import shutil
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,12 +40,58 @@ def new_temp(parent: Path, prefix: str, suffix: str = "", *, folder: bool = Fals
             continue
 
 
+class DiskFull(PipelineError):
+    """No space left on the device a file is written to: one line naming the path, the space needed and
+    the space free, exit 2. Checked before the folder is written again, so a rerun after freeing space works."""
+
+    def __init__(self, path: Path, needed: int, *, at_least: bool = False) -> None:
+        folder = _existing(path.parent)
+        need = f"{'more than ' if at_least else ''}{_size(needed)} needed"
+        free = _size(shutil.disk_usage(folder).free)
+        self.message = (
+            f"no space left on device writing {path} ({need}, {free} free on {_mount(folder)}): "
+            "free space and run the same command again"
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:  # fastai rewrites the args of an exception raised in a callback
+        return self.message
+
+
+def is_disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether `e` says the disk under `folder` is full. torch.save's zip writer raises a RuntimeError
+    without an errno ("unexpected pos 128 vs 0"): then a disk with under 1 MiB free counts as full."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(e, RuntimeError) and shutil.disk_usage(_existing(folder)).free < 2**20
+
+
+def _existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _mount(folder: Path) -> Path:
+    folder = folder.resolve()
+    while not os.path.ismount(folder):
+        folder = folder.parent
+    return folder
+
+
+def _size(n: int) -> str:
+    return f"{-(-n // 1024)} KB" if n < 2**20 else f"{n / 2**20:.1f} MB"
+
+
 @contextmanager
 def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
     """Yield a temporary path beside each of `paths`; once the block succeeds, rename them all over
-    theirs (nothing is replaced before every file is written); on error delete them all."""
+    theirs (nothing is replaced before every file is written); on error delete them all. A full disk
+    becomes DiskFull, needing more than the temporary files held when it filled. (The renames are one
+    after another: a set of files that must change together is written with write_set.)"""
     targets = [Path(p) for p in paths]
     locked: list[tuple[int, Path]] = []
+    written = 0
     try:
         for path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,10 +103,37 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
                 os.fsync(f.fileno())
         for tmp, path in zip(tmps, targets, strict=True):
             os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e, targets[0].parent):
+            raise
+        written = sum(tmp.stat().st_size for _, tmp in locked if tmp.exists()) or 1
+        _release(e)
     finally:
         for fd, tmp in locked:
             tmp.unlink(missing_ok=True)
             os.close(fd)  # releases the lock
+    if written:  # raised once the temporary files are gone, so that the free space reported is the real one
+        raise DiskFull(targets[0], written, at_least=True) from None
+
+
+def _release(e: BaseException | None) -> None:
+    """Drop the finished frames of `e` and the errors it was raised in: torch's zip writer, still open in
+    them, holds the space of the temporary file about to be deleted."""
+    while e is not None:
+        traceback.clear_frames(e.__traceback__)
+        e = e.__context__
+
+
+def write_atomic(path: str | Path, content: str | bytes) -> Path:
+    """Write `content` to `path` atomically; on a full disk, DiskFull naming the exact size needed."""
+    path = Path(path)
+    data = content.encode() if isinstance(content, str) else content
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except DiskFull:
+        raise DiskFull(path, len(data)) from None
+    return path
 
 
 @contextmanager
@@ -65,6 +141,69 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on error delete it."""
     with atomic_paths(path) as (tmp,):
         yield tmp
+
+
+def write_set(files: dict[Path, str | bytes], check: Callable[[Path], None] | None = None) -> None:
+    """Replace a set of files in one folder as one: a kill at any moment leaves the old set or the new one.
+
+    The set lives in a new folder `.<first name>.sets/<random>/`; `.<first name>.sets/current` is a
+    symlink to the set in place, and each name in the folder is a symlink through it (made once, at the
+    first write: a regular file from before is replaced then). Switching `current` is one rename, the only
+    step that changes what the names show. A name the new set lacks dangles (is missing) with it. Older sets
+    are deleted after the switch; `check(path of the first file in the new folder)` runs before it."""
+    first = next(iter(files))
+    sets = first.parent / f".{first.name}.sets"
+    try:
+        sets.mkdir(parents=True, exist_ok=True)
+        fd = os.open(sets, os.O_RDONLY)
+    except OSError as e:
+        raise DiskFull(first, _total(files)) if is_disk_full(e, sets) else e from None
+    try:
+        _lock(fd, blocking=True)  # one writer at a time: a writer never prunes another's new set
+        new = _new_set(sets, files, check)
+        for path in files:
+            _symlink(path, Path(sets.name) / "current" / path.name)
+        _symlink(sets / "current", Path(new.name))  # the switch
+        os.fsync(fd)
+    except (OSError, RuntimeError) as e:
+        raise DiskFull(first, _total(files)) if is_disk_full(e, sets) else e from None
+    finally:
+        os.close(fd)
+    for old in sets.iterdir():  # older sets, and those of killed writers
+        if old.is_dir() and not old.is_symlink() and old != new:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _total(files: dict[Path, str | bytes]) -> int:
+    return sum(len(c.encode() if isinstance(c, str) else c) for c in files.values())
+
+
+def _new_set(sets: Path, files: dict[Path, str | bytes], check: Callable[[Path], None] | None) -> Path:
+    """The new set written in a new folder of `sets`, synced and checked; deleted on error."""
+    new = new_temp(sets, "set-", folder=True)
+    try:
+        for path, content in files.items():
+            with open(new / path.name, "wb") as f:
+                f.write(content.encode() if isinstance(content, str) else content)
+                os.fsync(f.fileno())
+        if check:
+            check(new / next(iter(files)).name)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return new
+
+
+def _symlink(path: Path, target: Path) -> None:
+    """Make `path` a symlink to `target` in one rename, unless it is one already."""
+    if path.is_symlink() and Path(os.readlink(path)) == target:
+        return
+    for leftover in path.parent.glob(f".{path.name}.*.link"):  # a killed writer's (the caller holds the lock)
+        leftover.unlink()
+    tmp = new_temp(path.parent, f".{path.name}.", ".link")
+    tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
 
 
 def locked_temp_file(path: Path) -> tuple[int, Path]:

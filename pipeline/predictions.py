@@ -7,6 +7,7 @@ and files are read with `torch.load(weights_only=True)`: a shared prediction fil
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path
+from pipeline.fileio import write_atomic
 
 FORMAT = "paddy-pipeline/predictions"
 VERSION = 2  # 2: valid_probs_plain (no TTA), member, split
@@ -127,9 +128,9 @@ def save(preds: Predictions, path: str | Path) -> Path:
     preds.check(str(path), "not saved; retrain the run (with a lower lr if its training diverged)")
     record = {k: v for k, v in asdict(preds).items() if k != "path"}
     record.update(format=FORMAT, version=VERSION)
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
-    return path
+    buffer = io.BytesIO()  # in memory first: a full disk then names the exact size (fileio.DiskFull)
+    torch.save(record, buffer)
+    return write_atomic(path, buffer.getvalue())
 
 
 def _retrain(path: Path, config: dict[str, Any] | None = None) -> str:

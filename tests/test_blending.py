@@ -197,7 +197,8 @@ def test_blend_outputs_are_replaced_as_one_set_or_not_at_all(tmp_path, comp_root
     with pytest.raises(RuntimeError, match="the report failed"):
         blend(blend_cfg(tmp_path, comp_root, "+blend.weights.y=5"))
     assert _outputs(tmp_path) == before
-    assert not list(tmp_path.glob(".sub*"))  # no temporary file left behind
+    assert not list(tmp_path.glob(".sub*.tmp")) and not list(tmp_path.glob(".sub*.link"))  # no temporary file
+    assert len([p for p in (tmp_path / ".sub.csv.sets").iterdir() if not p.is_symlink()]) == 1  # no partial set
     monkeypatch.undo()
 
     # and when it succeeds, every file of the set is the new blend's

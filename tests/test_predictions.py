@@ -1,5 +1,6 @@
 import os
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,12 +69,12 @@ def test_an_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
     predictions.save(make_preds(seed=1), tmp_path / "r1.pt")
     before = (tmp_path / "r1.pt").read_bytes()
 
-    def dies_midway(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+    def dies_midway(path, data):  # the file is written from memory, after torch.save
+        with open(path, "wb") as fh:
+            fh.write(data[:100])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", dies_midway)
+    monkeypatch.setattr(Path, "write_bytes", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         predictions.save(make_preds(seed=2), tmp_path / "r1.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["r1.pt"]  # no temporary file left behind

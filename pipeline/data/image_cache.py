@@ -36,7 +36,7 @@ from filelock import FileLock, Timeout
 from PIL import Image
 
 from pipeline.data.competition import stat_fingerprint
-from pipeline.fileio import atomic_path, locked_temp_file, sweep_temp_files
+from pipeline.fileio import DiskFull, is_disk_full, locked_temp_file, sweep_temp_files, write_atomic
 
 if TYPE_CHECKING:
     from fastai.vision.core import PILImage
@@ -130,6 +130,8 @@ def _valid(array_path: Path, index_path: Path, key: str, shape: tuple[int, ...])
 
 def _write(tmp: Path, run: RunSpec, files: list[Path], shape: tuple[int, ...], threads: int) -> None:
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), *shape))
+    with open(tmp, "rb+") as f:  # the whole file now: a full disk is ENOSPC here, not SIGBUS while filling
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
 
     def fill(i: int) -> None:
         out[i] = _load_plain(files[i], run)
@@ -144,12 +146,19 @@ def _build(array_path: Path, run: RunSpec, files: list[Path], shape: tuple[int, 
     """Decode and resize `files` into a new array, renamed into place only once complete."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     fd, tmp = locked_temp_file(array_path)
+    full = False
     try:
         _write(tmp, run, files, shape, cores)
         os.replace(tmp, array_path)
+    except OSError as e:
+        if not is_disk_full(e, array_path.parent):
+            raise
+        full = True
     finally:
         tmp.unlink(missing_ok=True)
         os.close(fd)
+    if full:  # raised once the partial array is deleted, so that the free space reported is the real one
+        raise DiskFull(array_path, len(files) * int(np.prod(shape)))
 
 
 def free_bytes(folder: Path) -> int:
@@ -197,8 +206,7 @@ def open_cache(cache_dir: str | Path, run: RunSpec, files: list[Path]) -> ImageC
         log.info("caching %d decoded %s images in %s", len(cacheable), key.split("-")[0], array_path)
         index_path.unlink(missing_ok=True)  # an index must never describe an array being rewritten
         _build(array_path, run, cacheable, shape)
-        with atomic_path(index_path) as tmp:
-            tmp.write_text(json.dumps({"key": key, "files": names}))
+        write_atomic(index_path, json.dumps({"key": key, "files": names}))
         if _valid(array_path, index_path, key, shape) != names:
             raise OSError(f"the image cache {array_path} did not read back complete (disk full?)")
         return ImageCache(array_path, names)

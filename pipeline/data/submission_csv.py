@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline.data.layout import PADDY, Layout
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path, read_table
+from pipeline.fileio import read_table, write_atomic
 
 
 def _read_csv(path: Path, what: str, layout: Layout) -> pd.DataFrame:
@@ -40,10 +40,7 @@ def submission_text(image_ids: Sequence[str], labels: Sequence[str], layout: Lay
 
 def write_submission(path: str | Path, image_ids: Sequence[str], labels: Sequence[str], layout: Layout = PADDY) -> Path:
     """Write a submission's rows atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(submission_text(image_ids, labels, layout))
-    return path
+    return write_atomic(path, submission_text(image_ids, labels, layout))
 
 
 def validate_submission(

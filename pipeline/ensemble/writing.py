@@ -1,17 +1,19 @@
 """Write a computed blend as one set: the submission CSV, the HTML report, the confusion-matrix PNG and
 the JSON record that pipeline.submit reads. Nothing in place is replaced until all of them are
-rendered and the CSV is checked against the sample submission; then all of them are."""
+rendered and the CSV is checked against the sample submission; then all of them are, in one step
+(fileio.write_set: each name is a symlink into the current set's folder, switched by one rename)."""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.data.submission_csv import submission_text, validate_submission
 from pipeline.ensemble.compute import BlendResult, compute_blend
 from pipeline.ensemble.report import report_html
-from pipeline.fileio import atomic_paths
+from pipeline.fileio import write_set
 
 if TYPE_CHECKING:
     from pipeline.config import BlendAppConfig
@@ -44,7 +46,7 @@ def record(result: BlendResult) -> dict[str, Any]:
 
 
 def write_blend(result: BlendResult) -> list[Path]:
-    """The CSV, report, record (and PNG where there is one), replaced together; the paths written."""
+    """The CSV, report, record (and PNG where there is one), replaced as one set; the paths written."""
     document, png = report_html(result)
     files: dict[Path, str | bytes] = {
         result.output: submission_text(result.test_ids, result.chosen.test_labels, result.layout),
@@ -53,11 +55,6 @@ def write_blend(result: BlendResult) -> list[Path]:
     }
     if png is not None:
         files[result.confusion_path] = png
-    with atomic_paths(*files) as tmps:
-        for tmp, content in zip(tmps, files.values(), strict=True):
-            if isinstance(content, bytes):
-                tmp.write_bytes(content)
-            else:
-                tmp.write_text(content)
-        validate_submission(tmps[0], result.sample, result.vocab, layout=result.layout)  # before anything is replaced
+    check = partial(validate_submission, sample_path=result.sample, vocab=result.vocab, layout=result.layout)
+    write_set(files, check)  # the CSV is checked before anything is replaced
     return list(files)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.fileio import atomic_path, read_table
+from pipeline.fileio import read_table, write_atomic
 
 COLUMNS = ["time", "competition", "file", "sha256", "message", "runs", "ref", "status", "public_score"]
 
@@ -20,8 +20,7 @@ def read(path: str | Path) -> pd.DataFrame:
 
 
 def _write(path: Path, df: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+    write_atomic(path, df.to_csv(index=False))
 
 
 def append(path: str | Path, row: dict[str, str]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.fileio import atomic_path
+from pipeline.fileio import write_atomic
 from pipeline.tables import format_table
 
 # Notebook status: Kaggle is still working on its latest session.
@@ -39,8 +39,7 @@ def update(path: str | Path, ref: str, **fields: Any) -> dict[str, Any]:
     notebooks = read(path)
     entry = notebooks.setdefault(ref, {"ref": ref, "sessions": [], "home": []})
     entry.update(fields, updated=now())
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"notebooks": notebooks}, indent=1))
+    write_atomic(path, json.dumps({"notebooks": notebooks}, indent=1))
     return entry
 
 

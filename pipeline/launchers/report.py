@@ -34,10 +34,9 @@ def _job_dir(config: Any) -> Path:
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
-    from pipeline.fileio import atomic_path  # imports pandas: not at Hydra's start-up, which imports this module
+    from pipeline.fileio import write_atomic  # imports pandas: not at Hydra's start-up, which imports this module
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1, default=str))
+    write_atomic(path, json.dumps(record, indent=1, default=str))
 
 
 def _read(path: Path) -> dict[str, Any] | None:

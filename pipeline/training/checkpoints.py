@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.fileio import atomic_path
+from pipeline.fileio import atomic_path, write_atomic
 
 if TYPE_CHECKING:
     from fastai.callback.core import Callback
@@ -39,8 +39,7 @@ class RunCheckpoint:
         kept = json.loads(meta.read_text()) if meta.is_file() else {}
         if key not in kept:
             kept[key] = make()
-            with atomic_path(meta) as tmp:
-                tmp.write_text(json.dumps(kept))
+            write_atomic(meta, json.dumps(kept))
         return kept[key]
 
     def latest(self) -> tuple[Path, int] | None:

@@ -3,7 +3,9 @@ Training one run is pipeline.training.run's; this module decides which runs trai
 
 Long jobs survive: a run whose prediction file exists with the same identity hash is skipped, a
 failing run is reported while the others still train, an out-of-memory error retries the run with
-a doubled accum, and per-epoch checkpoints let an interrupted run resume mid-way.
+a doubled accum, and per-epoch checkpoints let an interrupted run resume mid-way. A full disk stops the
+job (every later run would fail too) with one line; the run keeps its checkpoint, so that the same command
+after freeing space resumes it at its last epoch and redoes only TTA and the save.
 
 Jobs running at once (a launcher's pool, SLURM jobs on a shared disk) never train the same run: each run
 is trained under a file lock beside its prediction file, and a job finding it held skips the run.
@@ -29,6 +31,7 @@ from pipeline.data.layout import Layout
 from pipeline.data.splits import check_training_batch
 from pipeline.data.train_csv import read_aux_targets
 from pipeline.errors import PipelineError, one_line
+from pipeline.fileio import DiskFull
 from pipeline.predictions import Predictions, load, save
 from pipeline.tables import format_table
 from pipeline.training.checkpoints import RunCheckpoint
@@ -228,6 +231,11 @@ class TrainingJob:
             kept = f"; its checkpoint is kept in {ckpt.folder}" if ckpt else NOT_KEPT
             log.warning("run %s: time budget spent after %.1f min, %s%s", run.name, minutes, e, kept)
             return RunResult(run, STOPPED, minutes=minutes)
+        except DiskFull as e:  # every later run would fail too: the job stops, its one line says why
+            kept = f"; its checkpoint is kept in {ckpt.folder}: the same command resumes from it" if ckpt else NOT_KEPT
+            log.error("run %s: %s%s", run.name, e, kept)
+            self.failed(run, e, str(e))
+            raise
         except Exception as e:  # isolation: any failure of one run must not stop the others
             minutes = (time.perf_counter() - start) / 60
             log.error("run %s failed after %.1f min: %s%s", run.name, minutes, one_line(e), save_traceback(run.name))

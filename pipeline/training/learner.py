@@ -153,11 +153,12 @@ def find_lr(learn: Learner, steps: int) -> float:
 
 def last_valid_error(learn: Learner) -> float:
     """error_rate of the last epoch, as the recorder logged it (read before tta, which clears it).
-    A run resumed after its last epoch trained none: validate instead."""
-    if not learn.recorder.values:
-        return float(learn.validate()[1])
+    A run resumed after its last epoch trained none (its skipped epochs log no metrics): validate instead."""
     names = [n for n in learn.recorder.metric_names if n not in ("epoch", "time")]
-    return float(learn.recorder.values[-1][names.index("error_rate")])
+    last = learn.recorder.values[-1] if learn.recorder.values else []
+    if len(last) <= names.index("error_rate"):
+        return float(learn.validate()[1])
+    return float(last[names.index("error_rate")])
 
 
 def use_channels_last(perf: Any, device: str) -> bool:

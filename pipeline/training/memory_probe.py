@@ -23,7 +23,7 @@ import yaml
 
 from pipeline.data.competition import Competition
 from pipeline.errors import PipelineError, one_line
-from pipeline.fileio import atomic_path
+from pipeline.fileio import write_atomic
 from pipeline.tables import format_table
 from pipeline.training.specs import RunSpec
 
@@ -190,8 +190,7 @@ def probe_table(measurements: list[Measurement], budget_gb: float) -> str:
 def write_accums(path: str | Path, chosen: dict[str, int], note: str) -> Path:
     """The chosen accum per run, as a YAML file training reads (see read_accums)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(f"# {note}\n" + yaml.safe_dump(chosen, sort_keys=True))
+    write_atomic(path, f"# {note}\n" + yaml.safe_dump(chosen, sort_keys=True))
     return path
 
 
