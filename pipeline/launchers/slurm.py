@@ -61,6 +61,7 @@ class Slurm(SweepLauncher):
         from hydra.core.singleton import Singleton
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        self.refuse_clashing_runs(job_overrides, initial_job_idx)
         # Hydra's launcher is what each SLURM job runs: its __call__ runs the Hydra job, its checkpoint()
         # is what submitit calls to requeue it.
         job_fn = SlurmLauncher(**self.params)
