@@ -123,7 +123,6 @@ def tiny_run_overrides(data_root: Path, weights_dir: Path, preds: Path, *, name:
         "model.variants=[{resize: squish, item_size: [32], size: [32]}]",
         "train.epochs=1",
         "train.device=cpu",
-        "tta.n=2",
         f"data.root={data_root}",
         "data.num_workers=0",
         f"paths.preds={preds}",

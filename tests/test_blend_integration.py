@@ -23,7 +23,7 @@ THREE_VARIANTS = (
 
 
 def train(demo_root, weights_dir, preds, *extra):
-    cfg = compose("config", [*tiny_run_overrides(demo_root, weights_dir, preds), "tta.n=1", *extra])
+    cfg = compose("config", [*tiny_run_overrides(demo_root, weights_dir, preds), *extra])
     return train_model(cfg)
 
 

@@ -67,7 +67,6 @@ def job_overrides(demo: Path, outputs: Path, *extra: str) -> list[str]:
         "model.weights=null",
         "model.batch_size=16",
         "model.variants=[{resize: squish, item_size: [32], size: [32]}]",
-        "tta.n=2",
         "data=demo",
         f"data.root={demo}",
         "data.num_workers=0",

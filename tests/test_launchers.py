@@ -4,6 +4,7 @@ and a single-node SLURM cluster (hydra/launcher=slurm, scripts/slurm.sh), each r
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,41 @@ def sweep_command(demo_root, weights_dir, outputs: Path, *overrides: str, replac
 def the_sweep_dir(outputs: Path) -> Path:
     (sweep_dir,) = (outputs / "runs" / "train-multi").iterdir()
     return sweep_dir
+
+
+def run_statuses(outputs: Path) -> dict[str, str]:
+    """What each run of the sweep did (trained, skipped, ...), from the jobs' records."""
+    return {run["run"]: run["status"] for job in sweep_jobs(the_sweep_dir(outputs)) for run in job.get("runs", [])}
+
+
+def sweep_twice_over_tta(command: list[str], outputs: Path, env: dict[str, str] | None = None) -> None:
+    """A sweep over tta.n (not in the run name before) leaves a file per value; the same sweep again skips both."""
+    for expected in ("trained", "skipped"):
+        shutil.rmtree(outputs / "runs", ignore_errors=True)  # this sweep's records only
+        out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == 0 and "2 jobs, 2 ok, 0 failed" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+        names = ["tiny_squish32_32_tta1", "tiny_squish32_32_tta2"]
+        assert sorted(p.stem for p in (outputs / "preds").glob("*.pt")) == names
+        assert run_statuses(outputs) == dict.fromkeys(names, expected)
+    for n in (1, 2):
+        preds = predictions.load(outputs / "preds" / f"tiny_squish32_32_tta{n}.pt")
+        assert preds.config["tta"]["n"] == n
+
+
+def test_local_sweep_over_an_option_outside_run_names_is_tagged_or_refused(demo_root, weights_dir, tmp_path):
+    outputs = tmp_path / "outputs"
+    refused = subprocess.run(
+        sweep_command(demo_root, weights_dir, outputs, "data.seed=1,7", replaces=()),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and not (outputs / "preds").exists()
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: jobs 0 (data.seed=1) and 1 (data.seed=7) would both write ")
+    assert "data.seed is not part of a run's name" in line and "paths.preds=" in line
+
+    sweep_twice_over_tta(sweep_command(demo_root, weights_dir, outputs, "tta.n=1,2", replaces=()), outputs)
 
 
 # --- Ray: hydra/launcher=gpus ---
@@ -111,6 +147,74 @@ def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_then_blended(demo_roo
     blend(compose("blend", ["data=demo", f"data.root={demo_root}", f"paths.preds={preds}", f"blend.output={output}"]))
     submission = pd.read_csv(output)
     assert list(submission.image_id) == list(pd.read_csv(demo_root / "sample_submission.csv").image_id)
+
+
+def test_ray_sweep_over_tta_keeps_a_file_per_value_and_a_rerun_skips_both(
+    demo_root, weights_dir, tmp_path, ray_cluster
+):
+    outputs = tmp_path / "outputs"
+    command = sweep_command(demo_root, weights_dir, outputs, "tta.n=1,2", "hydra/launcher=gpus", replaces=())
+    sweep_twice_over_tta(command, outputs, os.environ | {"RAY_ADDRESS": ray_cluster})
+
+
+def processes(pgid: int, mark: str) -> list[str]:
+    """The processes of process group `pgid`, or whose command line holds `mark`: pid and command."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue  # not a process, or it ended meanwhile
+        if proc.name.isdigit() and (int(stat.rsplit(")", 1)[1].split()[2]) == pgid or mark in cmdline):
+            found.append(f"{proc.name} {cmdline[:200]}")
+    return found
+
+
+def test_ctrl_c_stops_a_ray_sweep_keeping_checkpoints_and_leaving_no_process(demo_root, weights_dir, tmp_path):
+    outputs = tmp_path / "outputs"
+    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    command = sweep_command(
+        demo_root,
+        weights_dir,
+        outputs,
+        variants("a:epochs=3", "b:epochs=3"),
+        "train.variant=a,b",
+        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 0.3}]",
+        "hydra/launcher=gpus",  # a local Ray started by the command: 2 declared GPUs on 2 CPUs
+        "hydra.launcher.ray.init.num_cpus=2",
+        "hydra.launcher.ray.init.num_gpus=2",
+        f"+hydra.launcher.ray.init._temp_dir={ray_dir}",
+        replaces=("model.variants=", "train.epochs="),
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
+    stdout, stderr = (tmp_path / "stdout.log").open("w"), (tmp_path / "stderr.log").open("w")
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=stdout, stderr=stderr, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not list((outputs / "checkpoints").glob("tiny_*-*/epoch*.pth")):
+            assert sweep.poll() is None, (tmp_path / "stderr.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no run checkpointed an epoch"
+            time.sleep(0.2)
+        os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert sweep.wait(timeout=120) == 130, (tmp_path / "stderr.log").read_text()[-3000:]
+        left = processes(sweep.pid, ray_dir)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = processes(sweep.pid, ray_dir)
+        assert not left, left
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    err = (tmp_path / "stderr.log").read_text()
+    print(err)  # the command's stderr, shown with -s
+    assert [line for line in err.splitlines() if "interrupted" in line] == [
+        "interrupted: 2 job(s) stopped, each keeping its last epoch checkpoint; run the same command again to continue"
+    ]
+    assert "Traceback" not in err
+    assert list((outputs / "checkpoints").glob("tiny_*-*/epoch*.pth"))  # kept: the same command resumes
+    assert not list((outputs / "preds").glob("*.pt"))
 
 
 # --- SLURM: hydra/launcher=slurm ---
@@ -190,3 +294,42 @@ def test_slurm_sweep_one_job_per_run_and_a_timed_out_job_requeued_resumes(demo_r
     assert (env["launcher"], env["job_id"], env["restarts"]) == ("slurm", job_id, 1)
     assert predictions.load(outputs / "preds" / "tiny_short.pt").environment["restarts"] == 0
     assert not list((outputs / "checkpoints").iterdir())  # the resumed run finished and cleaned up
+
+
+def test_ctrl_c_leaves_slurm_jobs_running_and_says_how_to_follow_or_cancel_them(
+    demo_root, weights_dir, tmp_path, slurm_env
+):
+    outputs = tmp_path / "outputs"
+    command = sweep_command(
+        demo_root,
+        weights_dir,
+        outputs,
+        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 0.3}]",
+        "hydra/launcher=slurm",
+        "hydra.launcher.gpus_per_node=null",  # this cluster has no GPUs
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.name=tiny_ctrl_c",
+        replaces=(),
+    )
+    env = slurm_env | {"OMP_NUM_THREADS": "1"}
+    err = (tmp_path / "stderr.log").open("w")
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (job_id := _slurm("squeue", "-h", "-n", "tiny_ctrl_c", "-o", "%i", env=slurm_env).strip()):
+            assert sweep.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.log").read_text()
+            time.sleep(0.2)
+        os.killpg(sweep.pid, signal.SIGINT)
+        assert sweep.wait(timeout=60) == 130
+        still = _slurm("squeue", "-h", "-j", job_id, "-o", "%i", env=slurm_env).strip()
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        subprocess.run(["scancel", "-n", "tiny_ctrl_c"], env=slurm_env)
+    text = (tmp_path / "stderr.log").read_text()
+    print(text)  # the command's stderr, shown with -s
+    assert still == job_id  # Ctrl-C ended the wait, not the job
+    assert [line for line in text.splitlines() if "interrupted" in line] == [
+        f"interrupted: 1 SLURM job(s) go on; follow them with squeue -j {job_id}, cancel them with scancel {job_id}; "
+        "once they end, the same command trains what is missing"
+    ]

@@ -2,7 +2,11 @@
 hydra_plugins namespace and imports every module here at start-up, so this module stays light: the
 code is in pipeline.launchers, and Ray and submitit are imported only when a launcher launches."""
 
-from pipeline.launchers import kaggle_launcher, ray_pool, slurm
+from pipeline.launchers import kaggle_launcher, local, ray_pool, slurm
+
+
+class Local(local.Local):
+    """hydra/launcher=local"""
 
 
 class GpuPool(ray_pool.GpuPool):

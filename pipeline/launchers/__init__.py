@@ -17,7 +17,7 @@ from pipeline.registry import Registry
 LAUNCHERS: Registry[str] = Registry("launcher", where="conf/hydra/launcher/", group="hydra/launcher")
 LAUNCHERS.add(
     "local",
-    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "hydra_plugins.paddy_pipeline.launchers.Local",
     "the jobs one after the other in this process (Hydra's basic launcher; the default)",
 )
 LAUNCHERS.add(

@@ -45,6 +45,7 @@ class KaggleLauncher(SweepLauncher):
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        self.refuse_clashing_runs(job_overrides, initial_job_idx)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log_to(sweep_dir / "kaggle.log")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,12 +70,39 @@ class GpuPool(SweepLauncher):
         return need | OmegaConf.to_container(self.ray_cfg.remote, resolve=True)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from hydra.core.singleton import Singleton
         from hydra.core.utils import setup_globals
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         setup_globals()
+        self.refuse_clashing_runs(job_overrides, initial_job_idx)
         ray = self._start_ray()
+        started_here = not (self.ray_cfg.init.get("address") or os.environ.get("RAY_ADDRESS"))
+        pending: dict[Any, tuple[int, list[str], DictConfig]] = {}
+        # Ctrl-C (SIGINT to the command or its process group) and SIGTERM stop the sweep: Ray's workers run
+        # in process groups of their own, so the command passes the interrupt on to each job
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._submit(ray, job_overrides, initial_job_idx, pending)
+            return self._collect(ray, pending)
+        except KeyboardInterrupt:
+            _stop_jobs(ray, list(pending))
+            if started_here:
+                ray.shutdown()  # the local Ray started for this command: its raylet and workers end with it
+            print(
+                f"interrupted: {len(pending)} job(s) stopped, each keeping its last epoch checkpoint; "
+                "run the same command again to continue",
+                file=sys.stderr,
+            )
+            sys.exit(130)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _submit(self, ray: Any, job_overrides: Sequence[Sequence[str]], first: int, pending: dict[Any, Any]) -> None:
+        """Every job to Ray at once: Ray queues those that find no free GPU."""
+        from hydra.core.singleton import Singleton
+
+        assert self.config is not None
         cluster = ray.cluster_resources()
         options = self.remote_options([node["Resources"] for node in ray.nodes() if node["Alive"]])
         log.info(
@@ -85,8 +114,7 @@ class GpuPool(SweepLauncher):
             self.config.hydra.sweep.dir,
         )
         run_job = ray.remote(**options)(_run_job)
-        pending = {}
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        for idx, overrides in enumerate(job_overrides, start=first):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
             sweep_config = self.job_config(idx, overrides)
             ref = run_job.remote(
@@ -97,12 +125,19 @@ class GpuPool(SweepLauncher):
                 singleton_state=Singleton.get_state(),
             )
             pending[ref] = (idx, list(overrides), sweep_config)
+
+    def _collect(self, ray: Any, pending: dict[Any, Any]) -> list[JobReturn]:
+        """Each job's return as it ends; a job whose worker died gets a failed record. `pending` keeps the
+        jobs not yet ended, for an interrupt."""
         returns = {}
         while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            idx, overrides, sweep_config = pending.pop(ref)
+            # a short wait: Python runs the interrupt handler between waits, not inside one
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if not done:
+                continue
+            idx, overrides, sweep_config = pending.pop(done[0])
             try:
-                returns[idx] = ray.get(ref)
+                returns[idx] = ray.get(done[0])
             except ray.exceptions.RayError as e:  # the worker died: no job record from the job itself
                 ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
                 ret.return_value = record_lost_job(sweep_config, f"the job's Ray worker failed: {one_line(e)}")
@@ -115,3 +150,18 @@ class GpuPool(SweepLauncher):
             )
             log.info("job %d %s; %d running or queued", idx, outcome, len(pending))
         return [returns[idx] for idx in sorted(returns)]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_jobs(ray: Any, refs: list[Any], grace_s: float = 60.0) -> None:
+    """Cancel the jobs: a queued one never starts; a running one gets a KeyboardInterrupt, on which the job
+    (pipeline.errors.exit_on_error) ends as on Ctrl-C, its run's last epoch checkpoint on disk. A job still
+    running after `grace_s` seconds has its worker killed."""
+    for ref in refs:
+        ray.cancel(ref, force=False)
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=grace_s) if refs else ([], [])
+    for ref in running:
+        ray.cancel(ref, force=True)

@@ -12,6 +12,7 @@ the sweep's report.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ class Slurm(SweepLauncher):
         from hydra.core.singleton import Singleton
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        self.refuse_clashing_runs(job_overrides, initial_job_idx)
         # Hydra's launcher is what each SLURM job runs: its __call__ runs the Hydra job, its checkpoint()
         # is what submitit calls to requeue it.
         job_fn = SlurmLauncher(**self.params)
@@ -72,23 +74,37 @@ class Slurm(SweepLauncher):
         generic = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in params.items()})
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs = []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            sweep_config = self.job_config(idx, overrides)
-            name = self.name or job_name(sweep_config)
-            executor.update_parameters(name=name)
-            job = executor.submit(
-                job_fn, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()
+        jobs: list[tuple[Any, list[str], Any]] = []
+        try:
+            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+                sweep_config = self.job_config(idx, overrides)
+                name = self.name or job_name(sweep_config)
+                executor.update_parameters(name=name)
+                job = executor.submit(
+                    job_fn, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()
+                )
+                shown = " ".join(filter_overrides(overrides))
+                log.info("\t#%d : %s -> SLURM job %s (%s)", idx, shown, job.job_id, name)
+                jobs.append((job, list(overrides), sweep_config))
+            return [_result(*job) for job in jobs]
+        except KeyboardInterrupt:
+            # the jobs are SLURM's now: Ctrl-C ends the wait, not them
+            ids = [job.job_id for job, _, _ in jobs]
+            print(
+                f"interrupted: {len(ids)} SLURM job(s) go on; follow them with squeue -j {','.join(ids) or '-'}, "
+                f"cancel them with scancel {' '.join(ids) or '-'}; once they end, the same command trains what is "
+                "missing",
+                file=sys.stderr,
             )
-            log.info("\t#%d : %s -> SLURM job %s (%s)", idx, " ".join(filter_overrides(overrides)), job.job_id, name)
-            jobs.append((job, list(overrides), sweep_config))
-        returns = []
-        for job, overrides, sweep_config in jobs:
-            try:
-                returns.append(job.results()[0])
-            except Exception as e:  # submitit's UncompletedJobError and kin: the job left no result
-                ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
-                error = f"SLURM job {job.job_id} ended without a result ({one_line(e)}): see {job.paths.stdout}"
-                ret.return_value = record_lost_job(sweep_config, error)
-                returns.append(ret)
-        return returns
+            sys.exit(130)
+
+
+def _result(job: Any, overrides: list[str], sweep_config: Any) -> JobReturn:
+    """The job's return once it ends; a job that ended without one gets a failed record."""
+    try:
+        return job.results()[0]
+    except Exception as e:  # submitit's UncompletedJobError and kin: the job left no result
+        ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
+        error = f"SLURM job {job.job_id} ended without a result ({one_line(e)}): see {job.paths.stdout}"
+        ret.return_value = record_lost_job(sweep_config, error)
+        return ret

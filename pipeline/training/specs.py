@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config import TTAConfig
 from pipeline.errors import PipelineError
 from pipeline.training.recipe import Recipe, recipe_from_config, recipe_tag
 
@@ -58,6 +59,18 @@ def variant_name(resize: str, item_size: tuple[int, ...], size: tuple[int, ...])
     return f"{resize}{'x'.join(map(str, item_size))}_{'x'.join(map(str, size))}"
 
 
+def tta_tag(tta: TTAConfig) -> str:
+    """The TTA settings in a run's name, as recipes are: '' at the reference (tta.n=4, tta.beta=0.25), so
+    files trained so keep their names; else '_tta2', '_tta-beta0.5', '_tta8-beta0'. TTA changes the
+    predictions and the run hash, so a sweep over tta.n gives each value a file of its own."""
+    reference = TTAConfig()
+    if tta.n == reference.n and tta.beta == reference.beta:
+        return ""
+    n = "" if tta.n == reference.n else str(tta.n)
+    beta = "" if tta.beta == reference.beta else f"-beta{format(tta.beta, 'g')}"
+    return f"_tta{n}{beta}"
+
+
 def _size(value: Any, what: str) -> tuple[int, ...]:
     size = tuple(int(v) for v in value)
     if len(size) not in (1, 2):  # each number's range: pipeline.config.check_ranges
@@ -89,7 +102,7 @@ def resolve_runs(cfg: TrainAppConfig, probed: dict[str, int] | None = None) -> l
         resize = getattr(v.resize, "value", v.resize)
         item_size, size = _size(v.item_size, f"{where} item_size"), _size(v.size, f"{where} size")
         base = f"{model.name}_{v.name or variant_name(resize, item_size, size)}"
-        name = base + recipe_tag(recipe)
+        name = base + recipe_tag(recipe) + tta_tag(cfg.tta)
         # the probe's choice for this recipe, else for the variant under the reference recipe
         accum = cfg.train.accum or (probed or {}).get(name) or (probed or {}).get(base) or v.accum or model.accum
         batch_size = v.batch_size or model.batch_size
