@@ -415,9 +415,9 @@ def test_jobs_started_in_the_same_second_get_a_folder_each(tmp_path):
         )
         for i in range(3)
     ]
-    for job in jobs:  # each fails at once (no prediction files), its folder already made
+    for job in jobs:  # each fails at once (no data folder), its folder already made
         _, err = job.communicate(timeout=120)
-        assert job.returncode == 2 and b"no prediction files" in err
+        assert job.returncode == 2 and b"does not exist: set data.root" in err
     folders = sorted((tmp_path / "runs" / "blend").iterdir())
     assert len(folders) == 3 and all(re.match(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_", f.name) for f in folders)
     overrides = [yaml.safe_load((f / ".hydra" / "overrides.yaml").read_text()) for f in folders]

@@ -95,16 +95,10 @@ def test_a_run_whose_weights_are_missing_or_broken_fires_failed(demo_root, weigh
     for weights, log in ((missing, tmp_path / "missing.jsonl"), (broken, tmp_path / "broken.jsonl")):
         with pytest.raises(RunsFailed, match="1 of 1 runs failed: tiny_squish32_32"):
             train_model(compose("config", hooked([*overrides, f"model.weights={weights}"], log)))
-    # a missing file fails the run at the job's start, before it starts; a broken one when the model loads it
-    assert read(tmp_path / "missing.jsonl") == [
-        {"event": "failed", "run": "tiny_squish32_32", "error": "PipelineError"}
-    ]
-    started, failed = read(tmp_path / "broken.jsonl")
-    assert started["event"] == "started" and failed == {
-        "event": "failed",
-        "run": "tiny_squish32_32",
-        "error": "SafetensorError",
-    }
+    # a missing or unreadable file fails the run at the job's start (its safetensors header is read
+    # there), before it starts
+    for log in ("missing.jsonl", "broken.jsonl"):
+        assert read(tmp_path / log) == [{"event": "failed", "run": "tiny_squish32_32", "error": "PipelineError"}]
 
 
 @pytest.mark.slow

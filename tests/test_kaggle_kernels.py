@@ -377,7 +377,8 @@ def test_a_push_accepted_behind_a_5xx_is_followed_not_pushed_again(stand_in, tin
 
 def test_a_fetched_file_with_another_run_hash_is_kept_aside_and_never_blended(stand_in, tiny_demo, tmp_path):
     outputs = tmp_path / "outputs"
-    stand_in.script_edit = ("tta:\n  'n': 2\n", "tta:\n  'n': 3\n")  # the notebook runs another TTA than pushed
+    # the notebook runs another split than pushed (data.seed: in the run hash, not the name)
+    stand_in.script_edit = ("  seed: 42\n", "  seed: 43\n")
     job = Job(0, "a", compose("config", job_overrides(tiny_demo, outputs, "model.name=a")), tmp_path / "job0")
     with route_kaggle_api(stand_in.base_url):
         (error,) = run_jobs([job], launcher_options(outputs))

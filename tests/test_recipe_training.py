@@ -41,7 +41,6 @@ def tiny(root, weights_dir, tmp_path, *extra):
         *tiny_run_overrides(root, weights_dir, tmp_path / "preds"),
         f"paths.outputs={tmp_path / 'outputs'}",
         "data.valid_pct=0.25",
-        "tta.n=1",
         *extra,
     ]
     return compose("config", overrides)

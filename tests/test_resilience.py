@@ -32,10 +32,10 @@ def test_a_finished_run_is_skipped_until_its_config_changes(demo_root, weights_d
     assert "already trained with this config" in caplog.text
     assert again.valid_error_tta == first.valid_error_tta
 
-    (changed,) = train_model(compose("config", [*overrides, "tta.beta=0.5"]))
+    (changed,) = train_model(compose("config", [*overrides, "data.seed=4"]))  # in the run hash, not the name
     assert changed.status == "trained" and first.path.stat().st_mtime_ns != stamp
     stamp = first.path.stat().st_mtime_ns
-    (forced,) = train_model(compose("config", [*overrides, "tta.beta=0.5", "train.force=true"]))
+    (forced,) = train_model(compose("config", [*overrides, "data.seed=4", "train.force=true"]))
     assert forced.status == "trained" and first.path.stat().st_mtime_ns != stamp
 
 
@@ -159,24 +159,34 @@ def test_kill_during_the_second_run_then_resume(demo_root, weights_dir, tmp_path
 
 
 def test_a_broken_weights_file_fails_its_job_while_the_sweep_goes_on(demo_root, weights_dir, tmp_path):
-    broken = tmp_path / "broken.safetensors"
-    broken.write_bytes(b"\x00" * 1000)
-    good = weights_dir / "tf_efficientnet_lite0.safetensors"
+    # two models, one weights file each (a sweep over model.weights alone would write one run's file twice)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "broken.safetensors").write_bytes(b"\x00" * 1000)
+    good = shutil.copy(weights_dir / "tf_efficientnet_lite0.safetensors", weights / "good.safetensors")
     overrides = [
-        o for o in tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds") if not o.startswith("model.weights=")
+        o
+        for o in tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds")
+        if not o.startswith(("model.weights=", "model.name="))
     ]
     out = subprocess.run(
-        _train_cli("-m", *overrides, f"model.weights={broken},{good}", f"paths.outputs={tmp_path / 'outputs'}"),
+        _train_cli(
+            "-m",
+            *overrides,
+            "model.name=broken,good",
+            f"model.weights={weights}/${{model.name}}.safetensors",
+            f"paths.outputs={tmp_path / 'outputs'}",
+        ),
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert out.returncode == 2
+    assert out.returncode == 2, out.stderr[-2000:]
     assert "error: 1 job(s) failed:" in out.stderr and "broken.safetensors" in out.stderr
     assert "Traceback" not in out.stderr
-    assert files(tmp_path / "preds") == ["tiny_squish32_32.pt"]
-    assert predictions.load(tmp_path / "preds" / "tiny_squish32_32.pt").config["model"]["weights"] == str(good)
+    assert files(tmp_path / "preds") == ["good_squish32_32.pt"]
+    assert predictions.load(tmp_path / "preds" / "good_squish32_32.pt").config["model"]["weights"] == str(good)
 
 
 def test_a_time_budget_stops_at_an_epoch_boundary_and_the_next_attempt_continues(
