@@ -21,15 +21,17 @@ class OutOfMemoryOnce(Callback):
 
 
 class SlowBatches(Callback):
-    """Sleeps after every training batch, so a test can interrupt a run while it trains."""
+    """Sleeps after every training batch, so a test can interrupt a run while it trains. With `after`, only
+    once a file matching that pattern exists (a checkpoint): the stretch the test interrupts is slow, the
+    rest of the job runs at full speed."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float, after: str | None = None) -> None:
+        self.seconds, self.after = seconds, after
 
     def after_batch(self) -> None:
         import time
 
-        if self.training:
+        if self.training and (self.after is None or glob.glob(self.after)):
             time.sleep(self.seconds)
 
 

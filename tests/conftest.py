@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+import logging
 import os
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+# One compute thread per process, here and in every subprocess the tests start (CLIs, probe children, Ray
+# and SLURM jobs; the Kaggle stand-in's notebooks already run so). The tests' models are tiny, and OpenMP
+# threads waiting for a core another process holds spin: on this shared 2-core machine a 32 px demo run took
+# 26-35 s of wall time (25 s of CPU) with torch's default 2 threads and 2.3 s with 1; a vit_large training
+# step, 21 s with 1 thread and 27-42 s with 2. Set OMP_NUM_THREADS to choose another count.
+# tests/test_model_files.py gives its large models every core while it runs alone in this process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (by a plugin): the variable came too late
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 import pandas as pd
 import pytest
 
 from tests.kaggle_stand_in import KEY, USERNAME
-
-# The tests train tiny models (32 px) on a 2-core machine, often two processes at once (CLIs, Ray and SLURM
-# jobs, notebooks): one torch thread each is faster than two fighting over the cores (a step of
-# EfficientNet-Lite0 at 32 px: 0.12 s with one thread, 1.7 s with two on a loaded machine). Set before torch
-# is imported, and inherited by every subprocess; tests/test_model_files.py gives its large models two.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -23,17 +33,32 @@ PADDY_SAMPLE = REPO.parent / "shared" / "paddy-sample"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def compose(config_name: str, overrides: list[str] | None = None):
-    """The config a CLI would see for these command-line overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
+@functools.cache
+def register_configs_once() -> None:
+    """The schemas in Hydra's ConfigStore, a process-wide singleton: storing them again at every compose
+    (a quarter of its time) changes nothing."""
     from pipeline.config import register_configs
     from pipeline.train import REGISTRIES
 
     register_configs(*REGISTRIES)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides or [])
+
+
+_COMPOSED: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def compose(config_name: str, overrides: list[str] | None = None):
+    """The config a CLI would see for these command-line overrides: a copy of its own, which the test may
+    change. Composing is a pure function of conf/ (which no test writes) and the overrides, so the same
+    arguments are composed once per session (0.16 s each; a copy takes 3 ms)."""
+    key = (config_name, tuple(overrides or []))
+    if key not in _COMPOSED:
+        from hydra import compose as hydra_compose
+        from hydra import initialize_config_dir
+
+        register_configs_once()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            _COMPOSED[key] = hydra_compose(config_name=config_name, overrides=list(key[1]))
+    return copy.deepcopy(_COMPOSED[key])
 
 
 def write_competition(root: Path, train: dict[str, list[Path]], test: list[Path], seed: int = 0) -> Path:
@@ -74,13 +99,14 @@ def paddy_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
-    """A small Fashion-MNIST demo dataset (20 training and 4 test images per class)."""
+    """A small Fashion-MNIST demo dataset (6 training and 2 test images per class): the smallest whose
+    stratified holdout (12 of 60) still holds every class, so that tiny runs train in seconds."""
     from pipeline.data.demo import build_demo
 
     if not FASHION_MNIST.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (scripts/setup.sh installs it)")
     return build_demo(
-        FASHION_MNIST, tmp_path_factory.mktemp("demo") / "demo", train_per_class=20, test_per_class=4, seed=0
+        FASHION_MNIST, tmp_path_factory.mktemp("demo") / "demo", train_per_class=6, test_per_class=2, seed=0
     )
 
 
@@ -128,3 +154,54 @@ def tiny_run_overrides(data_root: Path, weights_dir: Path, preds: Path, *, name:
         f"paths.preds={preds}",
         f"perf.cache_dir={preds.parent / 'cache'}",
     ]
+
+
+# Three 32 px variants of one model: three runs on one shared holdout (one image cache per item size).
+THREE_VARIANTS = (
+    "model.variants=[{resize: squish, item_size: [32], size: [32]}, {resize: pad, item_size: [32], size: [32]},"
+    " {resize: crop, item_size: [40], size: [32]}]"
+)
+
+
+@dataclass
+class TrainedRuns:
+    """Runs trained once for the whole session, for the tests that read their prediction files. A test
+    that adds, replaces or retrains files works on a copy (`copy_to`)."""
+
+    preds: Path
+    overrides: list[str]  # what trained them: tiny_run_overrides(demo_root, ...) and THREE_VARIANTS
+    results: list  # train_model's RunResults
+    log: str  # what training logged at INFO
+
+    def copy_to(self, folder: Path) -> Path:
+        """A copy of the prediction files in folder/preds; returns that folder."""
+        return shutil.copytree(self.preds, folder / "preds")
+
+
+@pytest.fixture(scope="session")
+def demo_runs(demo_root, weights_dir, tmp_path_factory) -> TrainedRuns:
+    """THREE_VARIANTS of tiny runs trained once on the demo data (holdout, data.seed's default 42, the reference
+    TTA): tiny_squish32_32, tiny_pad32_32 and tiny_crop40_32."""
+    import random
+
+    import torch
+
+    from pipeline.training.jobs import train_model
+
+    preds = tmp_path_factory.mktemp("demo_runs") / "preds"
+    overrides = [*tiny_run_overrides(demo_root, weights_dir, preds), THREE_VARIANTS]
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # one epoch at 32 px varies a lot from draw to draw: fix the heads' initialisation and the shuffling
+    torch.manual_seed(1), random.seed(1)
+    try:
+        results = train_model(compose("config", overrides))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return TrainedRuns(preds, overrides, results, "\n".join(lines))

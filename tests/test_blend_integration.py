@@ -1,5 +1,5 @@
-"""End to end on the demo data: three tiny runs on a shared holdout, one variant in two folds,
-blended with every weighting; the report and the refusal to search over mismatched validation sets."""
+"""End to end on the demo data: three tiny runs on a shared holdout (the session's demo_runs), one variant
+in two folds, blended with every weighting; the report and the refusal to search over mismatched validation sets."""
 
 import json
 import shutil
@@ -16,22 +16,16 @@ from tests.conftest import REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
 
-THREE_VARIANTS = (
-    "model.variants=[{resize: squish, item_size: [32], size: [32]}, {resize: pad, item_size: [32], size: [32]},"
-    " {resize: crop, item_size: [40], size: [32]}]"
-)
-
 
 def train(demo_root, weights_dir, preds, *extra):
     cfg = compose("config", [*tiny_run_overrides(demo_root, weights_dir, preds), *extra])
     return train_model(cfg)
 
 
-@pytest.fixture(scope="module")
-def holdout_preds(demo_root, weights_dir, tmp_path_factory):
-    preds = tmp_path_factory.mktemp("holdout") / "preds"
-    train(demo_root, weights_dir, preds, THREE_VARIANTS, "data.split=holdout")
-    return preds
+@pytest.fixture
+def holdout_preds(demo_runs):
+    """The session's three holdout runs (conftest.demo_runs: three variants, trained once)."""
+    return demo_runs.preds
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,7 @@ def test_three_holdout_runs_blended_with_every_weighting(demo_root, holdout_pred
     runs = [predictions.load(p) for p in sorted(holdout_preds.glob("*.pt"))]
     assert len(runs) == 3 and len({tuple(r.valid_ids) for r in runs}) == 1  # one shared validation set
     assert all(
-        r.split == {"strategy": "holdout", "seed": 42, "fold": None, "n_folds": None, "n_images": 200} for r in runs
+        r.split == {"strategy": "holdout", "seed": 42, "fold": None, "n_folds": None, "n_images": 60} for r in runs
     )
     assert all(r.valid_probs_plain.shape == r.valid_probs.shape for r in runs)
 

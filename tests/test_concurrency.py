@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from pipeline.training.jobs import run_lock, train_model
 from tests.conftest import PADDY_SAMPLE, REPO, compose, tiny_run_overrides
 
@@ -25,6 +27,7 @@ print("rows", len(cache.rows), "digest", hashlib.sha256(cache.array.tobytes()).h
 """
 
 
+@pytest.mark.slow  # two processes importing fastai (seconds each) before they start together
 def test_two_jobs_starting_together_build_the_image_cache_once(tmp_path):
     cache_dir, go = tmp_path / "cache", tmp_path / "go"
     jobs = [

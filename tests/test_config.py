@@ -404,6 +404,7 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.slow  # waits 5-6 s for three processes to import, then starts them in one second
 def test_jobs_started_in_the_same_second_get_a_folder_each(tmp_path):
     start = math.ceil(time.time()) + 5.05  # past the imports, at the start of a second
     jobs = [

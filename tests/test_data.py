@@ -116,7 +116,7 @@ def test_extra_test_images_are_ignored_with_a_warning(paddy_copy, caplog):
 
 def test_demo_layout(demo_root):
     comp = scan_competition(demo_root)
-    assert len(comp.vocab) == 10 and len(comp.train_files) == 200 and len(comp.test_files) == 40
+    assert len(comp.vocab) == 10 and len(comp.train_files) == 60 and len(comp.test_files) == 20
     truth = pd.read_csv(demo_root / "test_labels.csv")
     assert list(truth.image_id) == comp.test_ids  # truth rows follow the sample's shuffled order
     assert set(truth.label) == set(comp.vocab)

@@ -246,7 +246,9 @@ def test_slurm_sweep_one_job_per_run_and_a_timed_out_job_requeued_resumes(demo_r
         outputs,
         variants("long:epochs=2", "short:epochs=1"),
         "train.variant=long,short",
-        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 0.3}]",
+        # slow batches in the long run's last epoch only: the stretch in which the test signals its job
+        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 1.0,"
+        f" after: '{outputs}/checkpoints/tiny_long-*/epoch1.pth'}}]",
         "hydra/launcher=slurm",
         "hydra.launcher.gpus_per_node=null",  # this cluster has no GPUs
         "hydra.launcher.cpus_per_task=1",

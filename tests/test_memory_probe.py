@@ -39,7 +39,9 @@ def test_peak_memory_falls_as_accum_rises(demo_root, weights_dir, tmp_path):
     )
     (run,) = resolve_runs(cfg)
     subset = probe_subset(scan_competition(demo_root), run.batch_size + 1)
-    assert len(subset.train_files) == 20 and len({f.parent for f in subset.train_files}) == 1
+    # the smallest class (6 images, ties by name) in full, topped up from the other classes to one batch and one
+    assert len(subset.train_files) == 17 and len({f.parent for f in subset.train_files[:6]}) == 1
+    assert subset.train_files[6].parent not in {f.parent for f in subset.train_files[:6]}
     results = probe_run(cfg, subset, run, "cpu", timm_kwargs(run))
     assert [(m.accum, m.micro_batch, m.fits) for m in results] == [(1, 16, False), (4, 4, False)]
     assert results[0].peak_gb > results[1].peak_gb > 0.1
@@ -57,6 +59,8 @@ def test_probe_subset_starts_from_the_smallest_class_and_tops_up(paddy_root):
     assert len(subset.train_files) == 17
     assert labels[:3] == [comp.vocab[0]] * 3  # the smallest class (ties: by name) comes first in full
     assert len(set(labels[3:13])) == 9 and comp.vocab[0] not in labels[3:12]  # topped up class by class
+    small = probe_subset(comp, 2)  # the smallest class holds a batch: that class in full, nothing else
+    assert [f.parent.name for f in small.train_files] == [comp.vocab[0]] * 3
     big = probe_subset(comp, 65)  # more than the folder holds: images repeat
     assert len(big.train_files) == 65 and set(big.train_files) == set(comp.train_files)
 

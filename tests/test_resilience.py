@@ -12,7 +12,7 @@ import torch
 
 from pipeline import predictions
 from pipeline.training.jobs import RunsFailed, RunsStopped, train_model
-from tests.conftest import REPO, compose, same_size_swap, tiny_run_overrides
+from tests.conftest import REPO, THREE_VARIANTS, compose, same_size_swap, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -22,40 +22,49 @@ def files(folder):
     return sorted(p.name for p in folder.iterdir() if p.suffix != ".lock")
 
 
-def test_a_finished_run_is_skipped_until_its_config_changes(demo_root, weights_dir, tmp_path, caplog):
-    overrides = [*tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds"), "data.seed=3"]
-    (first,) = train_model(compose("config", overrides))
-    stamp = first.path.stat().st_mtime_ns
+def test_a_finished_run_is_skipped_until_its_config_changes(demo_root, weights_dir, demo_runs, tmp_path, caplog):
+    preds = demo_runs.copy_to(tmp_path)  # the session's demo runs: their first is trained with this config
+    overrides = [*tiny_run_overrides(demo_root, weights_dir, preds), THREE_VARIANTS, "train.variant=0"]
+    first = demo_runs.results[0]
+    path = preds / first.path.name
+    stamp = path.stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
         (again,) = train_model(compose("config", overrides))
-    assert again.status == "skipped" and first.path.stat().st_mtime_ns == stamp
+    assert again.status == "skipped" and again.path == path and path.stat().st_mtime_ns == stamp
     assert "already trained with this config" in caplog.text
     assert again.valid_error_tta == first.valid_error_tta
 
     (changed,) = train_model(compose("config", [*overrides, "data.seed=4"]))  # in the run hash, not the name
-    assert changed.status == "trained" and first.path.stat().st_mtime_ns != stamp
-    stamp = first.path.stat().st_mtime_ns
+    assert changed.status == "trained" and path.stat().st_mtime_ns != stamp
+    stamp = path.stat().st_mtime_ns
     (forced,) = train_model(compose("config", [*overrides, "data.seed=4", "train.force=true"]))
-    assert forced.status == "trained" and first.path.stat().st_mtime_ns != stamp
+    assert forced.status == "trained" and path.stat().st_mtime_ns != stamp
 
 
-def test_a_finished_run_is_retrained_when_its_data_changes(demo_root, weights_dir, tmp_path, caplog):
+def test_a_finished_run_is_retrained_when_its_data_changes(demo_root, weights_dir, demo_runs, tmp_path, caplog):
     data = shutil.copytree(demo_root, tmp_path / "demo")  # the fixture is shared: change a copy
-    preds = tmp_path / "preds"
-    (first,) = train_model(compose("config", tiny_run_overrides(data, weights_dir, preds)))
+    preds = demo_runs.copy_to(tmp_path)  # trained on demo_root: the same files, elsewhere
+
+    def train(root):
+        return train_model(
+            compose("config", [*tiny_run_overrides(root, weights_dir, preds), THREE_VARIANTS, "train.variant=0"])
+        )
+
+    (first,) = train(data)
+    assert first.status == "skipped"  # the same files elsewhere: still done
     fingerprint = predictions.load(first.path).environment["data_fingerprint"]
-    moved = shutil.move(data, tmp_path / "moved")  # the same files elsewhere: still done
-    (same,) = train_model(compose("config", tiny_run_overrides(moved, weights_dir, preds)))
+    moved = shutil.move(data, tmp_path / "moved")
+    (same,) = train(moved)
     assert same.status == "skipped"
 
     label, other = sorted((moved / "train_images").iterdir())[:2]
     image = sorted(label.iterdir())[0]
     image.rename(other / image.name)  # relabelled
     with caplog.at_level(logging.INFO):
-        (again,) = train_model(compose("config", tiny_run_overrides(moved, weights_dir, preds)))
+        (again,) = train(moved)
     assert again.status == "trained" and "was trained on other data" in caplog.text
     assert predictions.load(again.path).environment["data_fingerprint"] != fingerprint
-    (done,) = train_model(compose("config", tiny_run_overrides(moved, weights_dir, preds)))
+    (done,) = train(moved)
     assert done.status == "skipped"
 
 
@@ -132,7 +141,9 @@ def test_kill_during_the_second_run_then_resume(demo_root, weights_dir, tmp_path
         f"paths.outputs={tmp_path / 'outputs'}",
         "train.epochs=2",
         "model.variants=[{resize: squish, item_size: [32], size: [32]}, {resize: pad, item_size: [32], size: [32]}]",
-        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 0.3}]",
+        # slow batches in the second run's last epoch only: the stretch between its two checkpoints
+        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 0.5,"
+        f" after: '{ckpts}/tiny_pad32_32-*/epoch1.pth'}}]",
     )
     log = (tmp_path / "first.log").open("w")
     job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

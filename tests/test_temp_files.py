@@ -106,6 +106,7 @@ open_cache(Path(sys.argv[1]), run, [Path(p) for p in sys.argv[2:]] * 500)
 """
 
 
+@pytest.mark.slow  # decodes photos until killed, into a 2000-image cache file (55 MB)
 def test_kill_9_during_a_cache_build_leaves_nothing_once_the_cache_is_opened_again(tmp_path, photos):
     cache_dir = tmp_path / "cache"
     job = subprocess.Popen([sys.executable, "-c", BUILDER, str(cache_dir), *map(str, photos)], cwd=REPO)
