@@ -49,17 +49,17 @@ def test_train_one_run_on_the_demo_data(demo_root, demo_runs):
     [
         (
             ["model.batch_size=512"],
-            "data.valid_pct=0.2 holds out 40 of the 200 training images, leaving 160 to train on, fewer than one "
+            "data.valid_pct=0.2 holds out 12 of the 60 training images, leaving 48 to train on, fewer than one "
             "batch of 512: lower data.valid_pct or model.batch_size",
         ),
         (
             ["data.valid_pct=0.99"],
-            "data.valid_pct=0.99 holds out 198 of the 200 training images, leaving 2 to train on, fewer than one "
+            "data.valid_pct=0.99 holds out 60 of the 60 training images, leaving 0 to train on, fewer than one "
             "batch of 16: lower data.valid_pct or model.batch_size",
         ),
         (
             ["data.split=kfold", "data.folds=2", "data.seed=0", "model.batch_size=128"],
-            "data.folds=2 holds out 100 of the 200 training images, leaving 100 to train on, fewer than one "
+            "data.folds=2 holds out 30 of the 60 training images, leaving 30 to train on, fewer than one "
             "batch of 128: lower data.folds or model.batch_size",
         ),
     ],
