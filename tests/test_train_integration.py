@@ -37,7 +37,7 @@ def test_train_one_run_on_the_demo_data(demo_root, demo_runs):
     assert preds.member == preds.run == "tiny_squish32_32"
     assert preds.run_spec["accum"] == 2 and preds.run_spec["epochs"] == 1
     assert preds.config["data"]["root"] == str(demo_root) and preds.device == "cpu"
-    assert preds.config["tta"]["n"] == 2
+    assert preds.config["tta"]["n"] == 4  # the reference TTA: no tag in the run name
     assert preds.timings["fit_s"] > 0 and preds.timings["tta_s"] > 0
     # every validation target is the label folder of its image
     assert [preds.vocab[t] for t in preds.valid_targets] == [i.split("/")[0] for i in preds.valid_ids]
