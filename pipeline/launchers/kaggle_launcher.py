@@ -66,7 +66,11 @@ class KaggleLauncher(SweepLauncher):
         except PipelineError as e:  # nothing could start (the code upload, ...)
             stop(e)
         except KeyboardInterrupt:
-            print("interrupted: the notebooks go on on Kaggle; the same command follows them", file=sys.stderr)
+            print(
+                "interrupted: the notebooks go on on Kaggle; the same command follows them, python -m pipeline.kernels"
+                " lists them, and a notebook's page on kaggle.com cancels it",
+                file=sys.stderr,
+            )
             sys.exit(130)
         returns = []
         for job, cfg, error in zip(jobs, configs, errors, strict=True):
