@@ -178,9 +178,9 @@ def test_ctrl_c_stops_a_ray_sweep_keeping_checkpoints_and_leaving_no_process(dem
         demo_root,
         weights_dir,
         outputs,
-        variants("a:epochs=3", "b:epochs=3"),
+        variants("a:epochs=8", "b:epochs=8"),  # long enough that Ctrl-C comes before a run ends
         "train.variant=a,b",
-        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 0.3}]",
+        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 1.0}]",
         "hydra/launcher=gpus",  # a local Ray started by the command: 2 declared GPUs on 2 CPUs
         "hydra.launcher.ray.init.num_cpus=2",
         "hydra.launcher.ray.init.num_gpus=2",
@@ -306,12 +306,13 @@ def test_ctrl_c_leaves_slurm_jobs_running_and_says_how_to_follow_or_cancel_them(
         demo_root,
         weights_dir,
         outputs,
-        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 0.3}]",
+        "train.epochs=8",  # long enough that Ctrl-C comes before the job ends
+        "train.callbacks=[{_target_: tests.callbacks.SlowBatches, seconds: 1.0}]",
         "hydra/launcher=slurm",
         "hydra.launcher.gpus_per_node=null",  # this cluster has no GPUs
         "hydra.launcher.cpus_per_task=1",
         "hydra.launcher.name=tiny_ctrl_c",
-        replaces=(),
+        replaces=("train.epochs=",),
     )
     env = slurm_env | {"OMP_NUM_THREADS": "1"}
     err = (tmp_path / "stderr.log").open("w")
