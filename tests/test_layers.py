@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # docs/architecture.md, "Layers": a module may import its own layer's modules and those of lower layers.
-BASE = {"errors", "tables", "fileio", "registry", "config", "predictions"}
+BASE = {"errors", "tables", "fileio", "registry", "config", "predictions", "blend_file"}
 COMMANDS = {"train", "blend", "submit", "download", "kernels", "probe", "bench", "benchmark", "prepare_demo"}
 LAYERS = {"base": 0, "data": 1, "training": 2, "ensemble": 2, "kaggle": 3, "launchers": 3, "commands": 4}
 # Packages of one layer stay independent of each other, but for these (importer, imported) pairs.
