@@ -51,7 +51,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def exit_on_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a CLI's task: a PipelineError becomes one line on stderr and exit code 2, or the error's own
-    exit_code (in a multirun, a logged line and a JobFailed result, as is any other exception, its
+    exit_code (in a multirun, a logged line and a JobFailed result unless the error `ends_process`, as a
+    DDP rank's failure must, and so is any other exception, its
     traceback kept in the job's folder); SIGTERM interrupts like Ctrl-C, so that temporary files are
     cleaned up and finished files kept. Under SLURM this replaces submitit's handler that ignores
     SIGTERM, and leaves its USR2 handler alone: at a time-out, USR2 comes first and submitit requeues
@@ -64,7 +65,7 @@ def exit_on_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except PipelineError as e:
-            if _in_multirun():
+            if _in_multirun() and not getattr(e, "ends_process", False):
                 log.error("error: %s", e)
                 failed = JobFailed(str(e))
                 failed.runs = tuple(getattr(e, "runs", ()))

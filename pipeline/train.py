@@ -1,16 +1,21 @@
 """`python -m pipeline.train +model=NAME [key=value ...]`: train every variant of a model.
 
-Writes one prediction file per run into paths.preds; see conf/config.yaml for the options.
+Writes one prediction file per run into paths.preds; see conf/config.yaml for the options. One run on
+several processes: `torchrun --nproc_per_node=N -m pipeline.train ...` or train.devices=N
+(pipeline/training/distributed.py).
 """
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 
 from pipeline.config import TrainAppConfig, register_configs
-from pipeline.errors import exit_on_error
+from pipeline.errors import PipelineError, exit_on_error
 from pipeline.launchers import LAUNCHERS
 from pipeline.registry import refuse_unknown_choices
+from pipeline.training.distributed import worker_overrides
 from pipeline.training.recipe import GROUPS
 
 REGISTRIES = [*GROUPS.values(), LAUNCHERS]
@@ -23,7 +28,6 @@ def main(cfg: TrainAppConfig) -> list[dict]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from pipeline.errors import PipelineError
     from pipeline.training.jobs import train_model
 
     hydra_cfg = HydraConfig.get()
@@ -35,4 +39,9 @@ def main(cfg: TrainAppConfig) -> list[dict]:
 
 if __name__ == "__main__":
     refuse_unknown_choices(REGISTRIES)
+    try:  # under torchrun: the ranks other than 0 write no run folder, config copy or log file
+        sys.argv += worker_overrides(sys.argv[1:])
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()

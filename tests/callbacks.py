@@ -62,3 +62,32 @@ class LogBatches(Callback):
         if self.training:
             with self.path.open("a") as f:
                 f.write(f"{float(self.opt.hypers[-1]['lr'])!r}\n")
+
+
+class Deterministic(Callback):
+    """Training whose only randomness is the data's order, so that a DDP run's steps equal one process's
+    up to float rounding: no augmentation (the training data goes through the validation batch transforms),
+    dropout off, batch norm on its running statistics (a fixed affine per image, whatever the batch holds)."""
+
+    order = 1  # after TrainEvalCallback (-10) has put the model in training mode
+
+    def before_fit(self) -> None:
+        self.learn.dls.train.after_batch = self.learn.dls.valid.after_batch
+
+    def before_train(self) -> None:
+        for module in self.learn.model.modules():
+            if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout)):
+                module.eval()
+
+
+class SaveWeights(Callback):
+    """Saves the model's weights to `path` at the end of every fit, from rank 0 of a DDP group."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def after_fit(self) -> None:
+        import os
+
+        if os.environ.get("RANK", "0") == "0":
+            torch.save(self.learn.model.state_dict(), self.path)

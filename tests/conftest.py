@@ -6,7 +6,9 @@ import copy
 import functools
 import logging
 import os
+import re
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +120,20 @@ def weights_dir(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("weights")
     convert_lite_weights("tf_efficientnet_lite0", dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def slurm_env():
+    """A single-node SLURM cluster (scripts/slurm.sh; installs slurm-wlm and munge with apt-get if missing),
+    stopped at the end if this session started it; the environment its commands need."""
+    start = subprocess.run(["bash", "scripts/slurm.sh", "start"], cwd=REPO, capture_output=True, text=True)
+    if start.returncode == 3:
+        pytest.skip(f"no SLURM cluster on this machine: {start.stderr.strip()}")
+    assert start.returncode == 0, start.stdout + start.stderr
+    conf = re.search(r"SLURM_CONF=(\S+)", start.stdout).group(1)
+    yield os.environ | {"SLURM_CONF": conf}
+    if "already running" not in start.stdout:
+        subprocess.run(["bash", "scripts/slurm.sh", "stop"], cwd=REPO, check=True, capture_output=True)
 
 
 @pytest.fixture

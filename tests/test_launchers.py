@@ -224,20 +224,6 @@ def _slurm(*args: str, env: dict[str, str]) -> str:
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=60, check=True).stdout
 
 
-@pytest.fixture(scope="session")
-def slurm_env():
-    """A single-node SLURM cluster (scripts/slurm.sh; installs slurm-wlm and munge with apt-get if missing),
-    stopped at the end if this session started it; the environment its commands need."""
-    start = subprocess.run(["bash", "scripts/slurm.sh", "start"], cwd=REPO, capture_output=True, text=True)
-    if start.returncode == 3:
-        pytest.skip(f"no SLURM cluster on this machine: {start.stderr.strip()}")
-    assert start.returncode == 0, start.stdout + start.stderr
-    conf = re.search(r"SLURM_CONF=(\S+)", start.stdout).group(1)
-    yield os.environ | {"SLURM_CONF": conf}
-    if "already running" not in start.stdout:
-        subprocess.run(["bash", "scripts/slurm.sh", "stop"], cwd=REPO, check=True, capture_output=True)
-
-
 def test_slurm_sweep_one_job_per_run_and_a_timed_out_job_requeued_resumes(demo_root, weights_dir, tmp_path, slurm_env):
     outputs = tmp_path / "outputs"
     command = sweep_command(

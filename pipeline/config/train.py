@@ -48,6 +48,9 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = ranged(0.9999, MOMENTUM)
     ema_warmup: bool = True
+    devices: int = ranged(1, COUNT)  # DDP ranks started for each run (pipeline.training.distributed)
+    sync_bn: bool = False
+    ddp_timeout_min: float = ranged(30.0, POSITIVE)
 
 
 @dataclass

@@ -109,9 +109,12 @@ class SweepReport(Callback):
 
 
 def _multirun(config: Any) -> bool:
+    """Whether this is a sweep's job whose record this process keeps: rank 0's alone in a DDP job."""
     from hydra.types import RunMode
 
-    return config.hydra.mode == RunMode.MULTIRUN
+    from pipeline.training.distributed import is_worker
+
+    return config.hydra.mode == RunMode.MULTIRUN and not is_worker()
 
 
 def _records(sweep_dir: Path) -> list[Path]:

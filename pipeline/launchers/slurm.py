@@ -6,7 +6,7 @@ while `max_num_timeout` allows; the requeued job resumes from the run's epoch ch
 the runs already saved. It submits the sweep as one job array under one name; this launcher submits
 each job on its own, named after its run, so that squeue and sacct say which run is where, and turns
 a job that ended without a result into a failed job record instead of an exception that would stop
-the sweep's report.
+the sweep's report. With nodes x tasks_per_node > 1 a job is one run on that many DDP ranks (`RankedJob`).
 """
 
 from __future__ import annotations
@@ -65,14 +65,17 @@ class Slurm(SweepLauncher):
         self.refuse_clashing_runs(job_overrides, initial_job_idx)
         # Hydra's launcher is what each SLURM job runs: its __call__ runs the Hydra job, its checkpoint()
         # is what submitit calls to requeue it.
-        job_fn = SlurmLauncher(**self.params)
-        job_fn.setup(hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
-        params = dict(job_fn.params)
+        hydra_job = SlurmLauncher(**self.params)
+        hydra_job.setup(hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
+        job_fn = RankedJob(hydra_job)
+        params = dict(hydra_job.params)
         executor = submitit.AutoExecutor(
             folder=params.pop("submitit_folder"), cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
         )
         generic = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in params.items()})
+        if params["nodes"] * params["tasks_per_node"] > 1:  # one task that fails ends the job's others at once
+            executor.update_parameters(slurm_srun_args=["--kill-on-bad-exit=1"])
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         jobs: list[tuple[Any, list[str], Any]] = []
         try:
@@ -97,6 +100,35 @@ class Slurm(SweepLauncher):
                 file=sys.stderr,
             )
             sys.exit(130)
+
+
+class RankedJob:
+    """What each task of a SLURM job runs: hydra-submitit's job (Hydra's job in the task, requeued through
+    its checkpoint()), once the task's DDP rank is in the environment. A job of N tasks (nodes x
+    tasks_per_node) is one run on N ranks (pipeline.training.distributed): submitit's
+    TorchDistributedEnvironment exports RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT (the first node,
+    a port drawn from the job id); tasks other than rank 0 write neither config copies nor a log file
+    (nor, through the report's callbacks, the job record), and log their warnings to the task's stderr."""
+
+    def __init__(self, hydra_job: Any) -> None:
+        self.hydra_job = hydra_job
+
+    def __call__(self, sweep_overrides: list[str], *args: Any) -> JobReturn:
+        import submitit
+
+        from pipeline.training.distributed import WORKER_OVERRIDES
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            ranks = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            if ranks.rank > 0:
+                sweep_overrides = [*sweep_overrides, *WORKER_OVERRIDES]
+        return self.hydra_job(sweep_overrides, *args)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit's requeue at a time-out or preemption (rank 0's task asks it): the same call again."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 def _result(job: Any, overrides: list[str], sweep_config: Any) -> JobReturn:

@@ -4,7 +4,8 @@ A run's folder is keyed by its identity hash, so a checkpoint is only ever resum
 It holds `run.json` (what a run drew once and must keep when resumed: the split seed when none is
 configured, so it keeps its validation set; the learning rate lr_find chose), `epoch<N>.pth` (model and
 optimizer after N epochs of the run's last fit) and, for callbacks with state of their own (the weight
-average), `epoch<N>.callbacks.pth`, written first; each file atomically.
+average), `epoch<N>.callbacks.pth`, written first; each file atomically. In a group of DDP ranks
+(pipeline.training.distributed) rank 0 writes them and every rank resumes from them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.fileio import atomic_path, write_atomic
+from pipeline.training import distributed
 
 if TYPE_CHECKING:
     from fastai.callback.core import Callback
@@ -85,6 +87,9 @@ class RunCheckpoint:
                 done = self.epoch + 1
                 if self.fit_index != final_fit or done <= self.saved:  # skipped epochs of a resumed fit
                     return
+                self.saved = done
+                if not distributed.WORLD.main:  # rank 0 writes what every rank of a group holds alike
+                    return
                 keep = {f"epoch{done}.pth", f"epoch{done}.callbacks.pth"}
                 if states := {name: cb.checkpoint_state() for name, cb in self.stateful().items()}:
                     with atomic_path(checkpoint.folder / f"epoch{done}.callbacks.pth") as tmp:
@@ -94,6 +99,5 @@ class RunCheckpoint:
                 for old in checkpoint.folder.glob("epoch*.pth"):
                     if old.name not in keep:
                         old.unlink()
-                self.saved = done
 
         return EpochCheckpoint()

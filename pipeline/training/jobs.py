@@ -20,7 +20,7 @@ import logging
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,9 @@ from pipeline.errors import PipelineError, one_line
 from pipeline.fileio import DiskFull
 from pipeline.predictions import Predictions, load, save
 from pipeline.tables import format_table
+from pipeline.training import distributed
 from pipeline.training.checkpoints import RunCheckpoint
+from pipeline.training.distributed import rank0_first, shared
 from pipeline.training.events import RunEvents, job_events
 from pipeline.training.provenance import run_hash
 from pipeline.training.recipe import recipe_columns
@@ -89,15 +91,27 @@ class RunResult:
 
 def train_model(cfg: Any) -> list[RunResult]:
     """Train a model's runs one after the other; raises RunsFailed at the end if any failed, else
-    RunsStopped if train.time_budget_h stopped any."""
+    RunsStopped if train.time_budget_h stopped any. With train.devices=N each run trains on N ranks
+    started here (pipeline.training.distributed), as under torchrun, whose ranks each run this job."""
     budget = TimeBudget(cfg.train.time_budget_h)  # the job's clock starts here
     check_ranges(cfg)
     runs = resolve_runs(cfg, probed_accums(cfg))
+    if cfg.train.devices > 1 and not distributed.env_world().distributed:
+        results = distributed.launch(cfg.train.devices, train_runs, cfg, runs, budget)
+    else:
+        with distributed.group(cfg.train):
+            results = train_runs(cfg, runs, budget)
+    raise_unless_all_done(results, budget)
+    return results
+
+
+def train_runs(cfg: Any, runs: list[RunSpec], budget: TimeBudget) -> list[RunResult]:
+    """The job's runs in this process, alone or as one rank of a group: every run checked before any
+    trains (its problems show at the start), then each trained; the results table."""
     job = open_job(cfg, runs, budget)
-    checked = [job.check(run) for run in runs]  # every run before any trains: its problems show at the start
+    checked = [job.check(run) for run in runs]
     results = [c if isinstance(c, RunResult) else job.train(c) for c in checked]
     log.info("\n%s", results_table(results))
-    raise_unless_all_done(results, budget)
     return results
 
 
@@ -116,21 +130,26 @@ def open_job(cfg: Any, runs: list[RunSpec], budget: TimeBudget) -> TrainingJob:
     """What the job's runs share: the checked competition, the device and the job's event listeners."""
     from pipeline.training.learner import pick_device
 
-    comp = scan_competition(cfg.data.root, Layout.from_config(cfg.data), cache_dir=cfg.perf.cache_dir)
+    # rank 0 first: it alone writes the file hashes' index, the other ranks read it
+    layout = Layout.from_config(cfg.data)
+    comp = rank0_first(lambda: scan_competition(cfg.data.root, layout, cache_dir=cfg.perf.cache_dir))
     read_aux_targets(comp, runs[0].recipe.aux_targets)  # a bad train.csv fails here, before any run trains
     for run in runs:  # a split too large for one batch fails here, not after the image cache is built
         check_training_batch(len(comp.train_files), cfg.data.split, cfg.data.valid_pct, cfg.data.folds, run.batch_size)
     device = pick_device(cfg.train.device)
     log.info(
-        "%s: %d runs on %s; %d training images in %d classes, %d test images",
+        "%s: %d runs on %s%s; %d training images in %d classes, %d test images",
         cfg.model.name,
         len(runs),
         device,
+        f" x {distributed.WORLD.size} ranks" if distributed.WORLD.distributed else "",
         len(comp.train_files),
         len(comp.vocab),
         len(comp.test_files),
     )
-    return TrainingJob(cfg, comp, device, budget, job_events(cfg.train.hooks))
+    # the listeners (trackers, pseudo-labelling) hear each run once, from rank 0
+    events = job_events(cfg.train.hooks) if distributed.WORLD.main else RunEvents()
+    return TrainingJob(cfg, comp, device, budget, events)
 
 
 def raise_unless_all_done(results: list[RunResult], budget: TimeBudget) -> None:
@@ -175,7 +194,7 @@ class TrainingJob:
         data = self.comp.fingerprint_for(run.recipe.aux_targets)
         identity = run_hash(run, self.cfg.data, self.cfg.tta, data)
         path = Path(self.cfg.paths.preds) / f"{run.name}.pt"
-        if not self.cfg.train.force and (done := finished(path, identity, data)):
+        if not self.cfg.train.force and (done := finished_on_rank0(path, identity, data)):
             log.info(
                 "run %s: already trained with this config (%s): skipped; train.force=true retrains", run.name, path
             )
@@ -199,16 +218,16 @@ class TrainingJob:
         """Train the run unless the time budget is spent, another job holds its lock, or another job
         finished it meanwhile."""
         run, path = todo.run, todo.path
-        if not self.budget.allows_new_run():
+        if not shared(self.budget.allows_new_run):
             log.info("run %s: not started, train.time_budget_h=%g is spent", run.name, self.budget.hours)
             return RunResult(run, STOPPED)
-        with run_lock(path) as held:
-            if not held:
+        with run_lock(path) if distributed.WORLD.main else nullcontext(True) as held:  # rank 0 holds it
+            if not shared(lambda: held):
                 lock = lock_file(path)
                 log.warning("run %s: another job is training it (%s is held): skipped here", run.name, lock)
                 return RunResult(run, "busy", error=f"trained by another job ({lock} is held)")
             data = self.comp.fingerprint_for(run.recipe.aux_targets)
-            if not self.cfg.train.force and (done := finished(path, todo.identity, data)):
+            if not self.cfg.train.force and (done := finished_on_rank0(path, todo.identity, data)):
                 log.info("run %s: trained by another job meanwhile (%s): skipped", run.name, path)
                 self.events.emit("skipped", run=run, preds=done, path=path)
                 return RunResult(run, "skipped", path, done.metrics["valid_error"], done.metrics["valid_error_tta"])
@@ -225,22 +244,16 @@ class TrainingJob:
         try:
             preds = self.train_with_retries(todo, ckpt)
             preds.run_hash = todo.identity
-            save(preds, path)
+            if distributed.WORLD.main:
+                save(preds, path)
         except TimeBudgetSpent as e:
             minutes = (time.perf_counter() - start) / 60
             kept = f"; its checkpoint is kept in {ckpt.folder}" if ckpt else NOT_KEPT
             log.warning("run %s: time budget spent after %.1f min, %s%s", run.name, minutes, e, kept)
             return RunResult(run, STOPPED, minutes=minutes)
-        except DiskFull as e:  # every later run would fail too: the job stops, its one line says why
-            kept = f"; its checkpoint is kept in {ckpt.folder}: the same command resumes from it" if ckpt else NOT_KEPT
-            log.error("run %s: %s%s", run.name, e, kept)
-            self.failed(run, e, str(e))
-            raise
-        except Exception as e:  # isolation: any failure of one run must not stop the others
-            minutes = (time.perf_counter() - start) / 60
-            log.error("run %s failed after %.1f min: %s%s", run.name, minutes, one_line(e), save_traceback(run.name))
-            return self.failed(run, e, one_line(e), minutes)
-        if ckpt:
+        except Exception as e:
+            return self.failure(run, e, ckpt, (time.perf_counter() - start) / 60)
+        if ckpt and distributed.WORLD.main:
             ckpt.remove()
         log.info("run %s: predictions saved to %s", run.name, path)
         minutes = (time.perf_counter() - start) / 60
@@ -258,7 +271,8 @@ class TrainingJob:
                 return train_run(cfg, self.comp, run, self.device, todo.timm_kwargs, ckpt, self.budget, self.events)
             except torch.OutOfMemoryError:
                 free_memory(self.device)
-                if attempt == retries or run.batch_size % (2 * run.accum):
+                # under DDP every rank would have to retry at once: the rank's failure names what to do
+                if attempt == retries or run.batch_size % (2 * run.accum) or distributed.WORLD.distributed:
                     raise
             log.warning(
                 "run %s: out of memory at accum %d (micro-batch %d); retrying at accum %d (micro-batch %d)",
@@ -270,6 +284,28 @@ class TrainingJob:
             )
             run = replace(run, accum=2 * run.accum)
         raise AssertionError("unreachable")
+
+    def failure(self, run: RunSpec, e: Exception, ckpt: RunCheckpoint | None, minutes: float) -> RunResult:
+        """A run that raised: isolated (logged, returned: the job goes on with its next run), but for a full
+        disk, which every later run would hit too (the job stops), and any failure on a rank of a group,
+        whose process ends (the other ranks wait for it in a collective; their launcher stops them)."""
+        if distributed.WORLD.distributed:
+            if distributed.WORLD.main:
+                log.error(
+                    "run %s failed after %.1f min on rank 0: %s%s",
+                    run.name,
+                    minutes,
+                    one_line(e),
+                    save_traceback(run.name),
+                )
+            raise distributed.RankFailed(run, e) from e
+        if isinstance(e, DiskFull):  # the job stops, its one line says why
+            kept = f"; its checkpoint is kept in {ckpt.folder}: the same command resumes from it" if ckpt else NOT_KEPT
+            log.error("run %s: %s%s", run.name, e, kept)
+            self.failed(run, e, str(e))
+            raise e
+        log.error("run %s failed after %.1f min: %s%s", run.name, minutes, one_line(e), save_traceback(run.name))
+        return self.failed(run, e, one_line(e), minutes)
 
     def failed(self, run: RunSpec, error: Exception, message: str, minutes: float = 0.0) -> RunResult:
         """A failed run's result, its `failed` event fired with the exception itself."""
@@ -313,6 +349,14 @@ def finished(path: Path, identity: str, data_fingerprint: str) -> Predictions | 
             )
         return None
     return preds
+
+
+def finished_on_rank0(path: Path, identity: str, data_fingerprint: str) -> Predictions | None:
+    """`finished` as rank 0 finds it: every rank of a group must skip or train the run alike."""
+    done = finished(path, identity, data_fingerprint)
+    if shared(lambda: done is not None):
+        return done or load(path)
+    return None
 
 
 def lock_file(preds_path: Path) -> Path:

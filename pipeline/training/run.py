@@ -10,7 +10,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,9 @@ from pipeline.data.competition import Competition
 from pipeline.data.splits import Split, make_split
 from pipeline.data.train_csv import AuxTarget, read_aux_targets
 from pipeline.predictions import Predictions
+from pipeline.training import distributed
 from pipeline.training.checkpoints import RunCheckpoint
+from pipeline.training.distributed import alone, data_parallel, rank0_first, rank_run, sharded, shared
 from pipeline.training.events import RunEvents
 from pipeline.training.provenance import environment
 from pipeline.training.recipe import recipe_columns
@@ -73,12 +74,16 @@ def train_run(
     from pipeline.training.learner import run_learner
     from pipeline.training.recipe import seeded
 
-    split = run_split(cfg, comp, run, ckpt.split_seed(cfg.data.seed) if ckpt else cfg.data.seed)  # kept on resume
+    # kept on resume; rank 0's on every rank of a group, as are the epochs done
+    split = run_split(cfg, comp, run, shared(lambda: ckpt.split_seed(cfg.data.seed)) if ckpt else cfg.data.seed)
     cbs = [instantiate(c) for c in cfg.train.callbacks]
-    start_epoch = resumed_epochs(run, ckpt)
+    start_epoch = shared(lambda: resumed_epochs(run, ckpt))
     aux = read_aux_targets(comp, run.recipe.aux_targets)
     with seeded(run.recipe.seed):
-        learn = run_learner(cfg, comp, run, device, timm_kwargs, valid_idx=split.valid_idx, cbs=cbs)
+        learn = rank0_first(  # rank 0 builds the image cache (and fetches weights), the others read them
+            lambda: run_learner(cfg, comp, rank_run(run), device, timm_kwargs, valid_idx=split.valid_idx, cbs=cbs)
+        )
+        data_parallel(learn, run, device, cfg.train.sync_bn)
         try:
             run, lr_found = with_found_lr(learn, run, ckpt)
             fit_s = fit_run(learn, run, start_epoch, ckpt, budget, events)
@@ -104,8 +109,12 @@ def with_found_lr(learn: Learner, run: RunSpec, ckpt: RunCheckpoint | None) -> t
 
     if not run.recipe.lr_find:
         return run, None
-    find = partial(find_lr, learn, run.recipe.lr_find_steps)
-    lr_found = float(ckpt.remember("lr_found", find) if ckpt else find())
+
+    def find() -> float:  # on rank 0 alone in a group: one process's lr_find, its lr everyone's
+        with alone(learn):
+            return find_lr(learn, run.recipe.lr_find_steps)
+
+    lr_found = float(shared(lambda: ckpt.remember("lr_found", find) if ckpt else find()))
     log.info("run %s: lr_find suggests lr %.3g", run.name, lr_found)
     return replace(run, lr=lr_found), lr_found
 
@@ -149,12 +158,16 @@ def read_outputs(
     from pipeline.training.tta import tta
 
     valid_error = last_valid_error(learn)
-    raw, targets = learn.get_preds(ds_idx=1, act=noop)
+    valid_items = learn.dls.valid_ds.items
+    # each rank of a group on its share of the images, gathered in their order (pipeline.training.distributed)
+    raw, targets = joined(sharded(lambda items: learn.get_preds(dl=labelled_dl(learn, items), act=noop), valid_items))
     (valid_probs_plain, _), *aux_plain = split_outputs(raw, targets, target_sizes(len(comp.vocab), aux))
     start = time.perf_counter()
     n, beta, fast = cfg.tta.n, cfg.tta.beta, cfg.perf.fast_tta
-    test_probs, _ = tta(learn, learn.dls.test_dl(comp.test_files), n, beta, fast)
-    valid_probs, valid_targets = tta(learn, learn.dls.valid.new(shuffle=False, drop_last=False), n, beta, fast)
+    test_probs, _ = joined(sharded(lambda files: tta(learn, learn.dls.test_dl(files), n, beta, fast), comp.test_files))
+    valid_probs, valid_targets = joined(
+        sharded(lambda items: tta(learn, labelled_dl(learn, items), n, beta, fast), valid_items)
+    )
     tta_s = time.perf_counter() - start
     train_root = comp.train_dir
     return RunOutputs(
@@ -164,10 +177,33 @@ def read_outputs(
         test_probs=test_probs,
         valid_probs=valid_probs.float(),
         valid_targets=valid_targets,
-        valid_ids=[str(Path(p).relative_to(train_root)) for p in learn.dls.valid_ds.items],
+        valid_ids=[str(Path(p).relative_to(train_root)) for p in valid_items],
         timings={"fit_s": fit_s, "tta_s": tta_s},
         lr_found=lr_found,
     )
+
+
+def labelled_dl(learn: Learner, items: list[Any]) -> Any:
+    """The validation images `items` (all or a rank's share) as the validation set is loaded: in order,
+    with their targets."""
+    if len(items) == len(learn.dls.valid_ds.items):
+        return learn.dls.valid.new(shuffle=False, drop_last=False)
+    return learn.dls.test_dl(items, with_labels=True)
+
+
+def joined(parts: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Ranks' (probabilities, targets) pairs as one, in rank order: tensors concatenated, a tuple of them
+    (one per target) element-wise, None (a test set's targets) kept."""
+    import torch
+
+    def cat(values: list[Any]) -> Any:
+        if values[0] is None:
+            return None
+        if isinstance(values[0], (tuple, list)):
+            return type(values[0])(cat(list(v)) for v in zip(*values, strict=True))
+        return torch.cat(values)
+
+    return tuple(cat(list(v)) for v in zip(*parts, strict=True))
 
 
 def free_memory(device: str) -> None:
@@ -219,6 +255,7 @@ def predictions(
         environment=environment(device)
         | {
             "split_seed_configured": cfg.data.seed is not None,
+            "world_size": distributed.WORLD.size,  # DDP ranks it trained on (pipeline.training.distributed)
             # the data it was trained on, as in its run hash
             "data_fingerprint": comp.fingerprint_for(run.recipe.aux_targets),
         },

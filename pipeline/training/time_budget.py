@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from pipeline.training.distributed import shared
+
 if TYPE_CHECKING:
     from fastai.callback.core import Callback
 
@@ -66,7 +68,8 @@ class TimeBudget:
                     return
                 budget.trained_epochs += 1
                 budget.longest_epoch_s = max(budget.longest_epoch_s, time.monotonic() - self.started)
-                if self.fit_index == final_fit and self.epoch + 1 < self.n_epoch and budget.spent():
+                # rank 0's clock decides for every rank of a group: they stop together
+                if self.fit_index == final_fit and self.epoch + 1 < self.n_epoch and shared(budget.spent):
                     self.stopped = True
                     raise CancelFitException
 
