@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian-like machine with Python 3.11: the virtualenv in .venv with the
-# project and its dev, demo and cluster extras (the tests run real Ray and SLURM sweeps), and the
+# project and its dev, demo, cluster and distributed extras (the tests run real Ray and SLURM sweeps), and the
 # Fashion-MNIST files the demo is built from. (SLURM itself: scripts/slurm.sh, started by the tests.)
 # Sourced by demo.sh and test.sh; safe to run again (it reinstalls only when pyproject.toml changed).
 set -euo pipefail
@@ -15,7 +15,7 @@ stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing the project and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[dev,demo,cluster]"
+  .venv/bin/python -m pip install --quiet -e ".[dev,demo,cluster,distributed]"
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 

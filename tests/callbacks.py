@@ -66,13 +66,17 @@ class LogBatches(Callback):
 
 class Deterministic(Callback):
     """Training whose only randomness is the data's order, so that a DDP run's steps equal one process's
-    up to float rounding: no augmentation (the training data goes through the validation batch transforms),
-    dropout off, batch norm on its running statistics (a fixed affine per image, whatever the batch holds)."""
+    up to float rounding: no augmentation (the training batch transforms less the random ones), dropout off,
+    batch norm on its running statistics (a fixed affine per image, whatever the batch holds)."""
 
     order = 1  # after TrainEvalCallback (-10) has put the model in training mode
 
     def before_fit(self) -> None:
-        self.learn.dls.train.after_batch = self.learn.dls.valid.after_batch
+        from fastai.vision.augment import RandTransform
+        from fasttransform import Pipeline
+
+        train = self.learn.dls.train
+        train.after_batch = Pipeline([t for t in train.after_batch.fs if not isinstance(t, RandTransform)])
 
     def before_train(self) -> None:
         for module in self.learn.model.modules():

@@ -17,11 +17,11 @@ import torch
 from pipeline import predictions
 from pipeline.launchers.report import sweep_jobs
 from tests.conftest import REPO, compose, tiny_run_overrides
-from tests.test_launchers import _slurm
+from tests.test_launchers import _slurm, processes
 
 pytestmark = pytest.mark.slow
 
-RUN = "tiny_squish32_32"
+RUN = "tiny_squish32_32_sgd_seed0"  # the recipe tags the name
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # one torch thread per rank
 
 
@@ -31,7 +31,7 @@ def variant(name: str | None = None, epochs: int = 1) -> str:
 
 
 def overrides(demo_root, weights_dir, outputs: Path, *extra: str, variants: str = "", callbacks: str = "") -> list[str]:
-    """The tiny run (batch 16 in micro-batches of 8, so each of two ranks steps on 8), seeded, trained without
+    """The tiny run (batch 16 in micro-batches of 8, so each of two ranks steps on 8), seeded, with SGD, trained without
     randomness beyond the data's order (tests.callbacks.Deterministic), its weights saved after each fit;
     `callbacks`: more of them."""
     skip = ("model.variants=", "train.epochs=")
@@ -42,6 +42,7 @@ def overrides(demo_root, weights_dir, outputs: Path, *extra: str, variants: str 
         f"model.variants=[{variants or variant()}]",
         f"paths.outputs={outputs}",
         "train.seed=0",
+        "optimizer=sgd",  # Adam's first steps divide by the gradient's size: it magnifies rounding (6e-5 here)
         f"train.callbacks=[{{_target_: tests.callbacks.Deterministic}}, {weights}{callbacks}]",
         *extra,
     ]
@@ -121,24 +122,7 @@ def test_two_ranks_step_as_one_process_with_the_same_batch(ddp_runs, demo_root, 
     differences = {k: float((one[k].float() - two[k].float()).abs().max()) for k in one}
     largest = max(differences, key=differences.get)
     print(f"largest weight difference, one process vs 2 ranks: {differences[largest]:.3g} ({largest})")
-    assert differences[largest] < 1e-4
-
-
-def _child_pids(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in children.read_text().split()] if children.exists() else []
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
+    assert differences[largest] < 1e-6
 
 
 def test_time_budget_kill_of_a_rank_and_resume_with_a_finished_run_skipped(ddp_runs, demo_root, weights_dir, tmp_path):
@@ -162,11 +146,11 @@ def test_time_budget_kill_of_a_rank_and_resume_with_a_finished_run_skipped(ddp_r
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     log = the_log(outputs)
     assert f"run {RUN}: already trained with this config" in log
-    assert "run tiny_long: time budget spent" in log
-    assert [p.name for p in (outputs / "checkpoints").glob("tiny_long-*/epoch*.pth")] == ["epoch1.pth"]
+    assert "run tiny_long_sgd_seed0: time budget spent" in log
+    assert [p.name for p in (outputs / "checkpoints").glob("tiny_long_sgd_seed0-*/epoch*.pth")] == ["epoch1.pth"]
 
     # slow batches once the second epoch is saved: the test kills rank 1 in the third
-    after = f"{outputs}/checkpoints/tiny_long-*/epoch2.pth"
+    after = f"{outputs}/checkpoints/tiny_long_sgd_seed0-*/epoch2.pth"
     slow = f", {{_target_: tests.callbacks.SlowBatches, seconds: 1.0, after: '{after}'}}"
     shutil.rmtree(outputs / "runs", ignore_errors=True)
     err = (tmp_path / "stderr.log").open("w")
@@ -175,13 +159,12 @@ def test_time_budget_kill_of_a_rank_and_resume_with_a_finished_run_skipped(ddp_r
     )
     try:
         deadline = time.monotonic() + 240
-        while not list((outputs / "checkpoints").glob("tiny_long-*/epoch2.pth")):
+        while not list((outputs / "checkpoints").glob("tiny_long_sgd_seed0-*/epoch2.pth")):
             assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.log").read_text()[-3000:]
             time.sleep(0.2)
-        ranks = [p for p in _child_pids(job.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        assert len(ranks) == 2, ranks
+        pids = re.findall(r"host:pid by rank: \S+:(\d+) \S+:(\d+)", the_log(outputs))[-1]
         killed = time.monotonic()
-        os.kill(ranks[1], signal.SIGKILL)  # spawned in rank order: the second is rank 1
+        os.kill(int(pids[1]), signal.SIGKILL)  # rank 1, mid-epoch
         assert job.wait(timeout=60) == 2
         ended = time.monotonic() - killed
     finally:
@@ -196,14 +179,14 @@ def test_time_budget_kill_of_a_rank_and_resume_with_a_finished_run_skipped(ddp_r
         "the last epoch checkpoint are kept: run the same command again to continue"
     ], text[-3000:]
     assert "Traceback" not in text
-    assert not _alive(ranks)
+    assert not processes(job.pid, mark=str(outputs)), "a rank outlived the command"
 
     resumed = run()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = the_log(outputs)
-    assert re.search(r"run tiny_long: resuming from .*epoch2\.pth \(2 of 3 epochs done\)", log)
+    assert re.search(r"run tiny_long_sgd_seed0: resuming from .*epoch2\.pth \(2 of 3 epochs done\)", log)
     assert f"run {RUN}: already trained with this config" in log
-    assert predictions.load(outputs / "preds" / "tiny_long.pt").environment["world_size"] == 2
+    assert predictions.load(outputs / "preds" / "tiny_long_sgd_seed0.pt").environment["world_size"] == 2
     assert not list((outputs / "checkpoints").iterdir())
 
 

@@ -131,6 +131,7 @@ def group(train: Any) -> Iterator[World]:
 
     from pipeline.training.learner import pick_device
 
+    needs_accelerate()
     if train.devices not in (1, world.size):
         raise PipelineError(f"train.devices={train.devices} but {world.size} ranks were started: drop train.devices")
     device = pick_device(train.device)
@@ -157,6 +158,16 @@ def group(train: Any) -> Iterator[World]:
     finally:
         WORLD = World()
         dist.destroy_process_group()
+
+
+def needs_accelerate() -> None:
+    """fastai's distributed module (DistributedDL) imports Accelerate: one line when it is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise PipelineError(
+            "one run on several ranks needs Accelerate (for fastai.distributed): pip install -e .[distributed]"
+        )
 
 
 def cpu_threads(world: World) -> int:
@@ -222,7 +233,19 @@ def sharded(compute: Callable[[list[Any]], T], items: Sequence[Any]) -> list[T]:
         return [compute(list(items))]
     n, rank, size = len(items), WORLD.rank, WORLD.size
     share = list(items[rank * n // size : (rank + 1) * n // size])
-    return [part for part in gathered(compute(share) if share else None) if part is not None]
+    return [part for part in gathered(on_this_rank(compute, share) if share else None) if part is not None]
+
+
+def on_this_rank(compute: Callable[[list[Any]], T], share: list[Any]) -> T:
+    """`compute(share)` keeping this rank's tensors: fastai gathers every tensor it detaches from all ranks
+    whenever WORLD_SIZE > 1 (fastai.torch_core.maybe_gather, a collective per batch), which a rank working
+    on a share of its own, its batches not matching the others', must not do."""
+    world_size = os.environ["WORLD_SIZE"]
+    os.environ["WORLD_SIZE"] = "1"
+    try:
+        return compute(share)
+    finally:
+        os.environ["WORLD_SIZE"] = world_size
 
 
 def rank_run(run: RunSpec) -> RunSpec:
@@ -322,7 +345,8 @@ def data_parallel_callback(world: World, run: RunSpec, device: str) -> Callback:
             self.learn.dl = sharded_dl(self.learn.dl, world)
 
         def before_batch(self) -> None:
-            if acc := getattr(self.learn, "gradient_accumulation", None):
+            acc = getattr(self.learn, "gradient_accumulation", None)
+            if acc and isinstance(self.learn.model, DistributedDataParallel):
                 self.learn.model.require_backward_grad_sync = acc.count + find_bs(self.learn.yb) >= acc.n_acc
 
         def after_train(self) -> None:
@@ -378,6 +402,7 @@ def launch(devices: int, train: Callable[..., T], cfg: Any, *args: Any) -> T:
     result. A rank that fails stops the others: one line says which and why."""
     import uuid
 
+    import torch
     from hydra.core.hydra_config import HydraConfig
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -394,6 +419,11 @@ def launch(devices: int, train: Callable[..., T], cfg: Any, *args: Any) -> T:
         monitor_interval=0.1,
         start_method="spawn",
     )
+    from pipeline.training.learner import pick_device
+
+    needs_accelerate()
+    if pick_device(cfg.train.device) == "cuda" and (gpus := torch.cuda.device_count()) < devices:
+        raise PipelineError(f"train.devices={devices} but {gpus} GPUs are visible: one rank per GPU, lower it")
     hydra = HydraConfig.instance().cfg if HydraConfig.initialized() else None
     log.info("train.devices=%d: starting %d ranks on this machine", devices, devices)
     try:
@@ -401,20 +431,24 @@ def launch(devices: int, train: Callable[..., T], cfg: Any, *args: Any) -> T:
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         raise PipelineError(
-            f"rank {rank} of {devices} failed ({failure_cause(failure)}); the other ranks were stopped. Finished "
-            "prediction files and the last epoch checkpoint are kept: run the same command again to continue"
+            f"{failed_rank(rank, devices, failure)}; the other ranks were stopped. Finished prediction files and "
+            "the last epoch checkpoint are kept: run the same command again to continue"
         ) from None
     except SignalException as e:  # Ctrl-C or SIGTERM: the agent has stopped the ranks
         raise KeyboardInterrupt(str(e)) from None
 
 
-def failure_cause(failure: Any) -> str:
-    """A failed rank's cause in a few words: its error's last line, or the signal that ended it."""
+def failed_rank(rank: int, size: int, failure: Any) -> str:
+    """What ended a failed rank, in a line: its error's own (a RankFailed names its rank and run), or the
+    signal that killed it, or its exit code."""
     if failure.exitcode < 0:
-        return f"ended by {failure.signal_name()}"
+        return f"rank {rank} of {size} failed (ended by {failure.signal_name()})"
     message = failure.message.get("message", "") if isinstance(failure.message, dict) else str(failure.message)
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else f"exit code {failure.exitcode}"
+    if not lines or "elastic/errors.html" in lines[-1]:  # no error recorded: torch's hint to enable one
+        return f"rank {rank} of {size} failed (exit code {failure.exitcode})"
+    last = lines[-1].removeprefix("PipelineError: ")
+    return last.removeprefix("RankFailed: ") if last.startswith("RankFailed: ") else f"rank {rank} of {size}: {last}"
 
 
 def _rank_main(hydra: Any, train: Callable[..., T], cfg: Any, *args: Any) -> T:
