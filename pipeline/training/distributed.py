@@ -426,6 +426,11 @@ def launch(devices: int, train: Callable[..., T], cfg: Any, *args: Any) -> T:
         raise PipelineError(f"train.devices={devices} but {gpus} GPUs are visible: one rank per GPU, lower it")
     hydra = HydraConfig.instance().cfg if HydraConfig.initialized() else None
     log.info("train.devices=%d: starting %d ranks on this machine", devices, devices)
+    # the agent's own logs of a failure (a traceback of its poll loop) would bury the one line said below
+    quiet = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
     try:
         return elastic_launch(config, _rank_main)(hydra, train, cfg, *args)[0]
     except ChildFailedError as e:
@@ -436,6 +441,9 @@ def launch(devices: int, train: Callable[..., T], cfg: Any, *args: Any) -> T:
         ) from None
     except SignalException as e:  # Ctrl-C or SIGTERM: the agent has stopped the ranks
         raise KeyboardInterrupt(str(e)) from None
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
 
 
 def failed_rank(rank: int, size: int, failure: Any) -> str:
