@@ -194,11 +194,11 @@ def test_time_budget_kill_of_a_rank_and_resume_with_a_finished_run_skipped(ddp_r
     assert not list((outputs / "checkpoints").iterdir())
 
 
-def test_a_slurm_job_of_two_tasks_trains_one_kfold_run_on_two_ranks_and_resumes_when_requeued(
+def test_a_slurm_job_of_two_tasks_trains_one_kfold_run_with_lr_find_on_two_ranks_and_resumes_when_requeued(
     demo_root, weights_dir, tmp_path, slurm_env
 ):
     outputs = tmp_path / "outputs"
-    run = f"{RUN}_fold1"
+    run = RUN.replace("_sgd", "_sgd_lrfind12") + "_fold1"
     # slow batches in the last epoch only: the stretch in which the test signals the job
     after = f"{outputs}/checkpoints/{run}-*/epoch1.pth"
     args = overrides(
@@ -208,6 +208,8 @@ def test_a_slurm_job_of_two_tasks_trains_one_kfold_run_on_two_ranks_and_resumes_
         "data.split=kfold",
         "data.folds=2",
         "train.fold=1",
+        "train.lr=find",  # on rank 0 alone, its lr every rank's, kept for the requeued attempt
+        "train.lr_find_steps=12",
         "hydra/launcher=slurm",
         "hydra.launcher.tasks_per_node=2",
         "hydra.launcher.gpus_per_node=null",  # this cluster has no GPUs
@@ -254,6 +256,8 @@ def test_a_slurm_job_of_two_tasks_trains_one_kfold_run_on_two_ranks_and_resumes_
     print(text, *(p.read_text() for p in sorted((sweep_dir / ".submitit" / job_id).glob("*_log.out"))), sep="\n")
     assert text.count("DDP: 2 ranks (gloo") == 2  # the first attempt, then the requeued one
     assert re.search(rf"run {run}: resuming from .*epoch1\.pth \(1 of 2 epochs done\)", text)
+    found = re.findall(rf"run {run}: lr_find suggests lr (\S+)", text)
+    assert len(found) == 2 and found[0] == found[1]  # found once, remembered by the requeued attempt
     assert re.search(rf"run {run} epoch 1: rank 1 of 2 trained on \d+ of 30 images", text)
     submitit = (sweep_dir / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
     assert f"Requeued job {job_id}" in submitit

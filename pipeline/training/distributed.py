@@ -298,9 +298,19 @@ def sync_state(module: Any) -> None:
 
 @contextmanager
 def alone(learn: Learner) -> Iterator[None]:
-    """The Learner without its data-parallel callback: for rank 0 training on its own (lr_find)."""
-    with learn.removed_cbs([cb for cb in learn.cbs if getattr(cb, "data_parallel", False)]):
-        yield
+    """The Learner without its data-parallel callback, keeping its own tensors (`on_this_rank`): for rank 0
+    training on its own (lr_find)."""
+    # the class's flag: a callback's own getattr falls back on the Learner's attributes
+    with learn.removed_cbs([cb for cb in learn.cbs if getattr(type(cb), "data_parallel", False)]):
+        if not WORLD.distributed:
+            yield
+            return
+        world_size = os.environ["WORLD_SIZE"]
+        os.environ["WORLD_SIZE"] = "1"
+        try:
+            yield
+        finally:
+            os.environ["WORLD_SIZE"] = world_size
 
 
 def data_parallel(learn: Learner, run: RunSpec, device: str, sync_bn: bool) -> None:
