@@ -90,10 +90,9 @@ def test_torchrun_trains_one_run_on_two_ranks_each_on_half_of_every_epoch(ddp_ru
     assert preds.environment["world_size"] == 2 and preds.run_spec["accum"] == 2  # as configured
     assert len(preds.test_ids) == len(preds.test_probs) == 20 and len(preds.valid_ids) == 12
     # fine_tune: the frozen epoch, then the run's one epoch; 48 training images, 24 a rank, none twice
-    for epoch in (1, 2):
-        for rank in (0, 1):
-            assert f"run {RUN} epoch {epoch}: rank {rank} of 2 trained on 24 of 48 images" in log
-        assert f"run {RUN} epoch {epoch}: 2 ranks trained on 48 distinct images, 0 twice, 0 left out" in log
+    for rank in (0, 1):
+        assert log.count(f"run {RUN} epoch 1/1: rank {rank} of 2 trained on 24 of 48 images") == 2
+    assert log.count(f"run {RUN} epoch 1/1: 2 ranks trained on 48 distinct images, 0 twice, 0 left out") == 2
     assert re.search(rf"{RUN}\s+trained", log)  # the results table
     assert "DDP: 2 ranks (gloo" in log
     assert "[rank 1]" not in out.stdout + out.stderr  # rank 1 logs warnings only: none here
@@ -258,9 +257,8 @@ def test_a_slurm_job_of_two_tasks_trains_one_kfold_run_with_lr_find_on_two_ranks
     assert re.search(rf"run {run}: resuming from .*epoch1\.pth \(1 of 2 epochs done\)", text)
     found = re.findall(rf"run {run}: lr_find suggests lr (\S+)", text)
     assert len(found) == 2 and found[0] == found[1]  # found once, remembered by the requeued attempt
-    assert re.search(rf"run {run} epoch 1: rank 1 of 2 trained on \d+ of 30 images", text)
-    submitit = (sweep_dir / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
-    assert f"Requeued job {job_id}" in submitit
+    assert re.search(rf"run {run} epoch 2/2: rank 1 of 2 trained on 8 of 30 images", text)  # after the requeue
+    assert f"Requeued job {job_id}" in text  # submitit's line, logged by rank 0's task
     preds = predictions.load(outputs / "preds" / f"{run}.pt")
     assert (preds.environment["world_size"], preds.environment["restarts"], preds.split["fold"]) == (2, 1, 1)
     assert not list((outputs / "checkpoints").iterdir())

@@ -345,7 +345,6 @@ def data_parallel_callback(world: World, run: RunSpec, device: str) -> Callback:
 
     class DataParallel(Callback):
         order, data_parallel = 11, True  # fastai's DistributedTrainer's: after TrainEvalCallback's model.train()
-        epochs = 0  # trained so far, over the run's fits
 
         def before_train(self) -> None:
             self.module = self.learn.model
@@ -368,8 +367,7 @@ def data_parallel_callback(world: World, run: RunSpec, device: str) -> Callback:
                 for name, cb in stateful.items():
                     if not world.main:
                         cb.restore_checkpoint_state(states[name])
-            self.epochs += 1
-            log_shards(run, self.epochs, self.learn.dls.train.n, gathered(self.learn.dl.seen))
+            log_shards(run, f"{self.epoch + 1}/{self.n_epoch}", self.learn.dls.train.n, gathered(self.learn.dl.seen))
 
         def after_fit(self) -> None:  # a fit cancelled mid-epoch (lr_find's) skips after_train
             if isinstance(self.learn.model, DistributedDataParallel):
@@ -378,14 +376,14 @@ def data_parallel_callback(world: World, run: RunSpec, device: str) -> Callback:
     return DataParallel()
 
 
-def log_shards(run: RunSpec, epoch: int, n_images: int, seen: list[list[int]]) -> None:
-    """Rank 0's log of the run's `epoch`-th trained epoch (counted over its fits): the images each rank
-    trained on, and that none trained twice."""
+def log_shards(run: RunSpec, epoch: str, n_images: int, seen: list[list[int]]) -> None:
+    """Rank 0's log of an epoch (`epoch`: k/n of its fit) that trained: the images each rank trained on, and
+    that none trained twice."""
     if not WORLD.main:
         return
     for rank, items in enumerate(seen):
         log.info(
-            "run %s epoch %d: rank %d of %d trained on %d of %d images",
+            "run %s epoch %s: rank %d of %d trained on %d of %d images",
             run.name,
             epoch,
             rank,
@@ -395,7 +393,7 @@ def log_shards(run: RunSpec, epoch: int, n_images: int, seen: list[list[int]]) -
         )
     every = [i for items in seen for i in items]
     log.info(
-        "run %s epoch %d: %d ranks trained on %d distinct images, %d twice, %d left out (the tail of an "
+        "run %s epoch %s: %d ranks trained on %d distinct images, %d twice, %d left out (the tail of an "
         "uneven split and dropped last micro-batches)",
         run.name,
         epoch,
