@@ -181,6 +181,9 @@ BAD_VALUES = [  # (root config, overrides, the one-line error)
     ("blend", ["blend.greedy.bag_fraction=0"], "blend.greedy.bag_fraction must be in (0, 1], got 0.0"),
     ("blend", ["blend.greedy.bag_fraction=1.5"], "blend.greedy.bag_fraction must be in (0, 1], got 1.5"),
     ("blend", ["+blend.weights.r1=-1"], "blend.weights.r1 must be >= 0, got -1.0"),
+    ("blend", ["blend.stack.folds=1"], "blend.stack.folds must be >= 2, got 1"),
+    ("blend", ["blend.stack.C=[1,0]"], "blend.stack.C.1 must be > 0, got 0.0"),
+    ("blend", ["blend.review.top=-1"], "blend.review.top must be >= 0, got -1"),
     ("submit", ["kaggle.attempts=0"], "kaggle.attempts must be >= 1, got 0"),
     ("submit", ["kaggle.backoff_s=-1"], "kaggle.backoff_s must be >= 0, got -1.0"),
     ("submit", ["kaggle.max_backoff_s=-1"], "kaggle.max_backoff_s must be >= 0, got -1.0"),
@@ -281,7 +284,7 @@ def test_an_unknown_registry_name_is_one_line_listing_the_known_ones():
     with pytest.raises(PipelineError) as e:
         compute_blend(compose("blend", ["blend.weighting=nope", "data=demo"]))
     assert str(e.value) == (
-        "unknown weighting 'nope': choose one of config, equal, greedy, optimize, best"
+        "unknown weighting 'nope': choose one of config, equal, greedy, optimize, best, stack"
         " (blend.weighting in conf/blend.yaml)"
     )
     with pytest.raises(PipelineError) as e:
