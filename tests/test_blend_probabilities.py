@@ -75,6 +75,12 @@ def test_holdout_blend_writes_its_probabilities_beside_the_csv_without_out_of_fo
         ("y", 0.75, ["hy"]),
     ]
     assert result.suspects is None and not (tmp_path / "sub.suspects.csv").exists()  # no out-of-fold members
+    # the same blend again: the same bytes, so the runs that learned from it are not retrained
+    before = blend_file.content_hash(path)
+    run_blend(tmp_path, comp_root, "+blend.weights.y=3")
+    assert blend_file.content_hash(path) == before
+    run_blend(tmp_path, comp_root, "+blend.weights.y=4")
+    assert blend_file.content_hash(path) != before
 
 
 def test_kfold_blend_writes_out_of_fold_and_per_fold_probabilities(tmp_path, comp_root):

@@ -39,6 +39,7 @@ def stacked(flipped_kfold_runs, tmp_path_factory):
 def test_the_label_review_finds_the_flipped_labels(flipped_kfold_runs, tmp_path):
     # the default weighting: the one member's out-of-fold probabilities as they are
     result, output = blended(flipped_kfold_runs, tmp_path)
+    assert result.out_of_fold and result.notes == []  # stack fitted for the comparison: nothing left out
     suspects = pd.read_csv(output.with_name("sub.suspects.csv"))
     assert list(suspects.columns) == ["image", "label", "guess", "guess_probability", "label_probability", "rank"]
     assert len(suspects) == TOP and suspects["rank"].tolist() == list(range(1, TOP + 1))

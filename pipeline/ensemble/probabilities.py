@@ -12,7 +12,6 @@ with the blend's other files (pipeline.ensemble.writing).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -102,5 +101,6 @@ def blend_file_of(result: BlendResult) -> BlendFile:
         **optional,
         split=split,
         members=members_record(result),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        # `created` stays empty: the file's bytes are a function of the blend alone, so blending the same runs
+        # again keeps its content hash, which the runs that learned from it carry in their run hashes
     )
