@@ -119,8 +119,8 @@ def test_the_runs_table_shows_every_run_its_state_and_imports_no_fastai(preds_di
 
     # the same files against a copy of the data with one image replaced: every run is stale; sorted, filtered
     changed = shutil.copytree(demo_root, tmp_path / "changed")
-    shirts = sorted((changed / "train_images" / "Shirt").iterdir())
-    same_size_swap(shirts[0], shirts[1])
+    images = sorted((changed / "train_images").glob("*/*"))
+    same_size_swap(images[0], images[1])
     capsys.readouterr()
     rows = show_runs(compose("runs", runs_cfg(preds_dir, changed, tmp_path, "runs.sort=-valid_error_tta")))
     assert {r["state"] for r in rows} == {"stale"}

@@ -33,7 +33,9 @@ STYLE = (
     " nav a{margin-right:1em} .wide{overflow-x:auto}"
     " .table{border-collapse:collapse;font-size:12px}"
     " .table td,.table th{padding:2px 5px;border-bottom:1px solid #ddd}"
-    " .table th{vertical-align:bottom} .table td{overflow-wrap:anywhere}"
+    " .table th{vertical-align:bottom} .table td.num{white-space:nowrap;text-align:right}"
+    # run names are long and unbroken: they wrap anywhere, the other text at spaces, numbers never
+    " .table td:first-child{overflow-wrap:anywhere;min-width:10em}"
     " img{max-width:100%;height:auto} figure{margin:0 0 1em 0}"
     " .curves{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,560px),1fr));gap:.5em}"
 )
@@ -90,8 +92,18 @@ def confusion_png(targets: np.ndarray, predicted: np.ndarray, vocab: list[str]) 
     return png.getvalue()
 
 
+def _cell(value: Any) -> str:
+    number = value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    return f'<td class="{"num" if number else "text"}">{html.escape(_fmt(value))}</td>'
+
+
 def _html_table(rows: list[dict[str, Any]]) -> str:
-    return _wide(pd.DataFrame(_formatted(rows)).to_html(index=False, border=0, classes="table"))
+    """Rows as an HTML table, its number cells marked (class num) so that they never wrap."""
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(str(key))}</th>" for key in rows[0])
+    body = "".join(f"<tr>{''.join(_cell(v) for v in row.values())}</tr>" for row in rows)
+    return _wide(f'<table class="table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
 
 
 def _wide(table: str) -> str:

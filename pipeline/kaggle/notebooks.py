@@ -37,7 +37,7 @@ def kaggle_config(cfg: TrainAppConfig, time_budget_h: float) -> TrainAppConfig:
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
     out.paths = OmegaConf.structured(PathsConfig)
     out.data.root = f"{INPUT}/{cfg.data.competition}"
-    if out.logger.name in ("mlflow", "tensorboard"):  # no tracker there: the histories come home in the prediction files
+    if out.logger.name in ("mlflow", "tensorboard"):  # no tracker there: histories come home in prediction files
         out.logger = {"name": "csv", "dir": None}
     if out.train.get("time_budget_h") is None:
         out.train.time_budget_h = time_budget_h

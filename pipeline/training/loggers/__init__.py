@@ -5,7 +5,8 @@ config and attached beside train.hooks, so that it follows each run's whole life
 (with the run's history so far), finished, failed; a run skipped as already trained logs nothing new.
 Every logger but `none` writes the job's files (`files.RunFiles`: each run's history CSV and curves PNG
 beside the job's log); `mlflow` and `tensorboard` also feed their trackers. A logger never fails a run:
-a tracker that cannot be reached is one warning, and the run's prediction file holds its history anyway.
+a tracker that cannot be reached is one warning (`guarded.Guarded`), and the run's prediction file holds its
+history anyway.
 
 Adding one (e.g. Weights & Biases): its schema on LoggerConfig, its builder returning its listeners,
 one `LOGGERS.add`, a documented conf/logger/<name>.yaml and a test.
@@ -14,7 +15,6 @@ one `LOGGERS.add`, a documented conf/logger/<name>.yaml and a test.
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +22,8 @@ from typing import Any
 
 from pipeline.config.logger import LoggerConfig
 from pipeline.config.ranges import COUNT, NON_NEGATIVE, ranged
-from pipeline.errors import PipelineError, one_line
+from pipeline.errors import PipelineError
 from pipeline.registry import Registry
-
-log = logging.getLogger(__name__)
 
 Build = Callable[[Any], list[object]]  # the job's config -> its listeners
 LOGGERS: Registry[Build] = Registry("logger", where="conf/logger/", group="logger")
@@ -121,28 +119,3 @@ LOGGERS.add(
 def job_loggers(cfg: Any) -> list[object]:
     """The listeners of logger=NAME for one job (pipeline.training.events.job_events attaches them)."""
     return LOGGERS[cfg.logger.name].build(cfg)
-
-
-class Guarded:
-    """What a tracker's listener shares: its first failure is one warning and the tracker is left alone
-    for the rest of the job (a server that is down would otherwise cost a timeout at every epoch)."""
-
-    what = "the tracker"
-    down = False
-
-    def guarded(self, doing: str, call: Callable[[], Any]) -> Any:
-        """call(), or None once the tracker failed; a failure warns once."""
-        if self.down:
-            return None
-        try:
-            return call()
-        except Exception as e:  # any failure of the tracker: the run trains on, its own files hold the history
-            self.down = True
-            log.warning(
-                "%s failed while %s (%s): nothing more is logged there by this job; each run's history stays in "
-                "its prediction file",
-                self.what,
-                doing,
-                one_line(e),
-            )
-            return None

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config import to_container
 from pipeline.curves import History, curves_png, history_csv, run_minutes
 from pipeline.errors import one_line
-from pipeline.training.loggers import Guarded
+from pipeline.training.loggers.guarded import Guarded
 from pipeline.training.recipe import recipe_tag
 from pipeline.training.specs import tta_tag
 

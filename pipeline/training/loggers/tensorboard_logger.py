@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.curves import History, run_minutes
-from pipeline.training.loggers import Guarded
+from pipeline.training.loggers.guarded import Guarded
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
