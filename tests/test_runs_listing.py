@@ -130,7 +130,7 @@ def test_the_runs_table_shows_every_run_its_state_and_imports_no_fastai(preds_di
     header = "run|model|variant|recipe|split|valid err|TTA err|aux err|epochs|min|img/s|trained on|date|state"
     assert re.split(r"  +", table.splitlines()[0].strip()) == header.split("|")
     assert "tiny_pad32_32_aux-group" in table and "group 0.2500" in table and "holdout" in table
-    assert f"state against the data at {changed}" in table
+    assert f"state: each file's data fingerprint against the data at {changed} (data.root) now" in table
 
     rows = show_runs(compose("runs", runs_cfg(preds_dir, demo_root, tmp_path, "runs.filter=*_fold*")))
     assert [(r["run"], r["state"]) for r in rows] == [("tiny_squish32_32_fold0", "ok")]

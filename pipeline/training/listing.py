@@ -1,5 +1,5 @@
 """Every run in paths.preds as a table (`python -m pipeline.runs`), read from the prediction files alone:
-no model, no training library (fastai stays unimported), so it answers in about a second.
+no model, no training library (fastai stays unimported), so it answers in seconds.
 
 A run's state compares what its file records with what is here now: `stale` when its data fingerprint
 (the images and, with extra targets, train.csv, as training hashed them) differs from data.root's, the
@@ -15,10 +15,12 @@ import csv
 import fnmatch
 import io
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import check_ranges
 from pipeline.curves import run_minutes
 from pipeline.data.competition import listed_competition
 from pipeline.data.layout import Layout
@@ -125,7 +127,7 @@ def data_check(cfg: Any) -> tuple[Callable[[Predictions], str], str]:
             fingerprints[aux] = comp.fingerprint_for(aux)
         return "ok" if recorded == fingerprints[aux] else "stale"
 
-    return state, f"state against the data at {comp.root}"
+    return state, f"state: each file's data fingerprint against the data at {comp.root} (data.root) now"
 
 
 def list_runs(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
@@ -208,10 +210,6 @@ def as_csv(rows: list[dict[str, Any]]) -> str:
 def show_runs(cfg: Any) -> list[dict[str, Any]]:
     """`python -m pipeline.runs`: the table (or CSV) on stdout, then the notes (on stderr beside a CSV);
     with no run, a note alone. Returns the rows."""
-    import sys
-
-    from pipeline.config import check_ranges
-
     check_ranges(cfg)
     rows, notes = list_runs(cfg)
     as_data = cfg.runs.format == "csv"
