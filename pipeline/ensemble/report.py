@@ -3,8 +3,10 @@
 Rendering only: the figures come computed in the BlendResult (pipeline.ensemble.compute), and
 pipeline.ensemble.writing writes what is rendered here. The report is self-contained: it renders in
 a browser and in a notebook via IPython.display.HTML, its images embedded as data URIs. It fits a
-1280-pixel-wide window without scrolling sideways: tables in a small font, headers and text cells wrapping,
-figures scaled to the page (tests/test_report_browser.py checks it in Chromium).
+1280-pixel-wide window without scrolling sideways (tests/test_report_browser.py checks it in Chromium):
+tables in a small font, headers wrapping at spaces, run names anywhere, numbers never, figures scaled to
+the page; each table sits in a box of its own, so that a table still too wide (dozens of weightings) would
+scroll there, not the page.
 
 Each part is a `section` listed in the contents at the top, saying what it holds (`data-holds`: a table
 or figures): what the report promises, and what the browser test checks is there.

@@ -76,7 +76,7 @@ class RunEvents:
             except Exception as e:  # outside code: a tracker's hiccup must not cost a run hours of training
                 log.warning("run event %s: listener %s raised %s; the run goes on", event, _name(listener), one_line(e))
 
-    def epoch_callback(self, run: RunSpec, history: Any) -> Callback:
+    def epoch_callback(self, run: RunSpec, history: Callback) -> Callback:
         """A fastai callback firing `epoch_ended` after each epoch that trained, with its record from the
         run's `history` callback (pipeline.training.history): after the Recorder (50), the history (55) and
         the epoch's checkpoint (60), before the time budget (70) may end the fit."""

@@ -80,12 +80,8 @@ def run_history(run_name: str, n_epochs: int, plain: bool) -> Callback:
             self.fit_epochs = self.n_epoch
 
         def before_epoch(self) -> None:
-            self.started, self.first_lr, self.trained, self.fresh = (
-                time.perf_counter(),
-                len(self.recorder.lrs),
-                False,
-                None,
-            )
+            self.started, self.trained, self.fresh = time.perf_counter(), False, None
+            self.first_lr = len(self.recorder.lrs)  # the lrs of this epoch's steps come after
 
         def after_train(self) -> None:
             self.trained = True
