@@ -4,7 +4,8 @@ An MLflow run holds the job's resolved config flattened (and the run's own setti
 history's figures as metrics with the epoch's step (train_loss, valid_loss, error_rate[_<target>], lr,
 epoch_seconds); the final errors (valid_error, valid_error_tta, valid_error_<target>) and minutes; the
 curves PNG, the history CSV and the resolved config as artefacts; and tags: model, variant, recipe,
-run_hash, fold, launcher, host, device, device_name, cuda_visible_devices, job_id.
+run_hash, fold, launcher, host, device (cpu or cuda), device_name, gpu (its name, on CUDA),
+cuda_visible_devices, job_id, git_commit.
 
 A run resumed from its checkpoint continues its unfinished MLflow run (same run_hash tag), logging the
 epochs that run lacks, so that its metrics are whole and each step is logged once. The default store is a
@@ -146,6 +147,7 @@ class MlflowLogger(Guarded):
             "run_hash": run_hash,
             "fold": "" if run.fold is None else str(run.fold),
             **{k: str(env.get(k) or "") for k in ("launcher", "host", "device", "device_name", "job_id")},
+            "gpu": str(env.get("device_name") or "") if env.get("device") == "cuda" else "",
             "cuda_visible_devices": str(env.get("cuda_visible_devices") or ""),
             "git_commit": str(env.get("git_commit") or ""),
         }

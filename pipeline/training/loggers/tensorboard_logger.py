@@ -39,31 +39,36 @@ class TensorBoardLogger(Guarded):
         if run.name in self.folders:
             self.guarded(f"logging an epoch of {run.name}", lambda: self._epoch(run.name, step, history[-1]))
 
-    def _epoch(self, name: str, step: int, record: dict[str, Any]) -> None:
+    def _writer(self, name: str, purge_step: int | None) -> SummaryWriter:
+        """The run's writer, made at its first epoch in this job: what an earlier attempt logged from that
+        step on is purged."""
         if name not in self.writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writers[name] = SummaryWriter(str(self.folders[name]), purge_step=step)
-        writer = self.writers[name]
+            self.writers[name] = SummaryWriter(str(self.folders[name]), purge_step=purge_step)
+        return self.writers[name]
+
+    def _epoch(self, name: str, step: int, record: dict[str, Any]) -> None:
+        writer = self._writer(name, step)
         for key, value in record.items():
             if key not in NOT_SCALARS and value is not None:
                 writer.add_scalar(key, float(value), step)
         writer.flush()
 
     def finished(self, run: RunSpec, preds: Predictions, **_: Any) -> None:
-        writer = self.writers.pop(run.name, None)
-        if writer is not None:
+        if run.name in self.folders:  # a run resumed after its last epoch has no writer yet
             final = preds.metrics | {"minutes": run_minutes(preds)}
             step = preds.history[-1]["step"] if preds.history else 0
-            self.guarded(f"finishing {run.name}", lambda: self._close(writer, final, step))
+            self.guarded(f"finishing {run.name}", lambda: self._close(run.name, final, step))
 
-    @staticmethod
-    def _close(writer: SummaryWriter, final: dict[str, float], step: int) -> None:
+    def _close(self, name: str, final: dict[str, float], step: int) -> None:
+        writer = self._writer(name, None)
         for key, value in final.items():
             writer.add_scalar(f"final/{key}", float(value), step)
         writer.close()
+        del self.writers[name], self.folders[name]
 
     def failed(self, run: RunSpec, **_: Any) -> None:
-        writer = self.writers.pop(run.name, None)
-        if writer is not None:
+        self.folders.pop(run.name, None)
+        if (writer := self.writers.pop(run.name, None)) is not None:
             self.guarded(f"closing {run.name}", writer.close)
