@@ -228,8 +228,9 @@ def test_ctrl_c_stops_a_ray_sweep_keeping_checkpoints_and_leaving_no_process(dem
         "interrupted: 2 job(s) stopped, each keeping its last epoch checkpoint; run the same command again to continue"
     ]
     assert "Traceback" not in err
-    assert list((outputs / "checkpoints").glob("tiny_*-*/epoch*.pth"))  # kept: the same command resumes
-    assert not list((outputs / "preds").glob("*.pt"))
+    written = sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*.p*"))
+    assert list((outputs / "checkpoints").glob("tiny_*-*/epoch*.pth")), written  # kept: the same command resumes
+    assert not list((outputs / "preds").glob("*.pt")), written
 
 
 # --- SLURM: hydra/launcher=slurm ---
@@ -330,15 +331,20 @@ def test_ctrl_c_leaves_slurm_jobs_running_and_says_how_to_follow_or_cancel_them(
         replaces=("train.epochs=",),
     )
     env = slurm_env | {"OMP_NUM_THREADS": "1"}
-    err = (tmp_path / "stderr.log").open("w")
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
+    out, err = (tmp_path / "stdout.log").open("w"), (tmp_path / "stderr.log").open("w")
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (job_id := _slurm("squeue", "-h", "-n", "tiny_ctrl_c", "-o", "%i", env=slurm_env).strip()):
+        # Ctrl-C while the command waits for its job: once sbatch has returned and the job id is logged
+        while not (submitted := re.search(r"-> SLURM job (\d+)", (tmp_path / "stdout.log").read_text())):
             assert sweep.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.log").read_text()
             time.sleep(0.2)
+        job_id = submitted[1]
         os.killpg(sweep.pid, signal.SIGINT)
-        assert sweep.wait(timeout=60) == 130
+        try:
+            assert sweep.wait(timeout=60) == 130
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no exit within 60 s of Ctrl-C: {(tmp_path / 'stderr.log').read_text()[-3000:]}")
         still = _slurm("squeue", "-h", "-j", job_id, "-o", "%i", env=slurm_env).strip()
     finally:
         if sweep.poll() is None:
