@@ -33,6 +33,20 @@ PADDY_SAMPLE = REPO.parent / "shared" / "paddy-sample"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+# scripts/test.sh runs the suite on two pytest-xdist workers (--dist loadgroup). Tests that must not run beside
+# each other share a group, which one worker runs in turn: the cluster engines (one SLURM cluster per machine,
+# Ray's local clusters with 2 declared CPUs each, timed Ctrl-C sweeps) and the real-size models (vit_large
+# alone peaks at 12 GB). Any test using the SLURM cluster joins the engines' group wherever it is.
+SERIAL_GROUPS = {"test_launchers.py": "engines", "test_model_files.py": "real_size_models"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = "engines" if "slurm_env" in getattr(item, "fixturenames", ()) else SERIAL_GROUPS.get(item.path.name)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @functools.cache
 def register_configs_once() -> None:
     """The schemas in Hydra's ConfigStore, a process-wide singleton: storing them again at every compose

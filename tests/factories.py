@@ -47,3 +47,16 @@ def make_run(**kw) -> RunSpec:
         weight=1.0,
     )
     return RunSpec(**(fields | kw))
+
+
+def rewrite_preds(preds_dir, source: str, run: str, **changes) -> Predictions:
+    """A copy of a real run's prediction file as another run (its name, split, extra targets, ...), saved
+    beside it: real probabilities and history under other metadata."""
+    from pipeline.predictions import load, save
+
+    preds = load(preds_dir / f"{source}.pt")
+    preds.run, preds.member = run, changes.pop("member", run)
+    for key, value in changes.items():
+        setattr(preds, key, value)
+    save(preds, preds_dir / f"{run}.pt")
+    return preds

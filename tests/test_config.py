@@ -122,7 +122,8 @@ def test_cli_modules_do_not_import_heavy_libraries():
     code = (
         "import sys, pipeline.train, pipeline.blend, pipeline.ensemble.writing, pipeline.training.jobs,"
         " pipeline.prepare_demo, pipeline.probe, pipeline.training.memory_probe, pipeline.bench,"
-        " pipeline.benchmark, pipeline.kernels, hydra_plugins.paddy_pipeline.launchers;"
+        " pipeline.benchmark, pipeline.kernels, pipeline.runs, pipeline.training.listing,"
+        " pipeline.training.loggers, hydra_plugins.paddy_pipeline.launchers;"
         "print(sorted(m for m in ('fastai', 'timm', 'kaggle') if m in sys.modules))"
     )
     out = _cli("-c", code)
@@ -132,6 +133,7 @@ def test_cli_modules_do_not_import_heavy_libraries():
 
 BAD_VALUES = [  # (root config, overrides, the one-line error)
     ("config", ["tta.n=0"], "tta.n must be >= 1, got 0"),
+    ("config", ["logger=mlflow", "logger.http_timeout_s=0"], "logger.http_timeout_s must be >= 1, got 0"),
     ("config", ["tta.n=-1"], "tta.n must be >= 1, got -1"),
     ("config", ["tta.beta=1.5"], "tta.beta must be in [0, 1], got 1.5"),
     ("config", ["tta.beta=-0.1"], "tta.beta must be in [0, 1], got -0.1"),
@@ -233,7 +235,7 @@ def test_out_of_range_options_are_one_clear_error(config_name, overrides, messag
     assert str(e.value) == message
 
 
-@pytest.mark.parametrize("config_name", ["config", "blend", "submit", "download", "bench", "prepare_demo"])
+@pytest.mark.parametrize("config_name", ["config", "blend", "submit", "download", "bench", "prepare_demo", "runs"])
 def test_shipped_configs_are_in_range(config_name):
     from pipeline.config import check_ranges
 
@@ -249,6 +251,7 @@ def _schemas() -> list[type]:
 
     import pipeline.config as package
     from pipeline.ensemble.weightings import WEIGHTINGS
+    from pipeline.training.loggers import LOGGERS
     from pipeline.training.recipe import GROUPS
 
     modules = [getattr(package, m) for m in dir(package) if inspect.ismodule(getattr(package, m))]
@@ -256,7 +259,7 @@ def _schemas() -> list[type]:
         (m, c) for m in modules for _, c in inspect.getmembers(m, inspect.isclass) if dataclasses.is_dataclass(c)
     ]
     found = {c for m, c in members if c.__module__ == m.__name__ != "pipeline.config.ranges"}
-    found |= {e.schema for r in [*GROUPS.values(), WEIGHTINGS] for e in r.entries() if e.schema}
+    found |= {e.schema for r in [*GROUPS.values(), WEIGHTINGS, LOGGERS] for e in r.entries() if e.schema}
     return sorted(found, key=lambda c: c.__qualname__)
 
 
@@ -307,6 +310,7 @@ def test_an_unknown_registry_name_is_one_line_listing_the_known_ones():
         ),
         (["loss=focal"], "unknown loss 'focal': choose one of cross_entropy, label_smoothing (conf/loss/)"),
         (["hydra/launcher=ray"], "unknown launcher 'ray': choose one of local, gpus, slurm, kaggle"),
+        (["logger=wandb"], "unknown logger 'wandb': choose one of none, csv, mlflow, tensorboard (conf/logger/)"),
     ],
 )
 def test_an_unknown_choice_on_the_command_line_is_one_line(choice, message):
@@ -358,6 +362,7 @@ ROOT_SCHEMAS = {
     "download": "DownloadAppConfig",
     "submit": "SubmitAppConfig",
     "kernels": "KernelsAppConfig",
+    "runs": "RunsAppConfig",
 }
 
 

@@ -149,15 +149,8 @@ def _test_files(root: Path, layout: Layout) -> list[Path]:
     return [test_by_name[i] for i in ids]
 
 
-def scan_competition(root: str | Path, layout: Layout = PADDY, *, cache_dir: str | Path | None = None) -> Competition:
-    """Find and check every file training and prediction will need, before anything is trained. With
-    `cache_dir` (perf.cache_dir), the images' content hashes behind the fingerprint are kept there.
-
-    Unreadable training images are skipped with a warning naming each; an unreadable test image
-    stops the scan, since every test row needs a prediction, and so does an image fastai would
-    decode wrongly (see too_deep).
-    """
-    root = Path(root)
+def _check_folders(root: Path, layout: Layout) -> Path:
+    """The data folder and its image folders exist; returns the folder of label folders."""
     if not root.is_dir():
         raise PipelineError(f"data folder {root} does not exist: set data.root to a competition folder")
     train_dir, test_dir = root / layout.train_dir, root / layout.test_dir
@@ -167,6 +160,31 @@ def scan_competition(root: str | Path, layout: Layout = PADDY, *, cache_dir: str
                 f"{d} is missing: data.root must hold {layout.train_dir}/<label>/ and {layout.test_dir}/ "
                 "(data.train_dir, data.test_dir)"
             )
+    return train_dir
+
+
+def listed_competition(root: str | Path, layout: Layout = PADDY, *, cache_dir: str | Path | None = None) -> Competition:
+    """The competition's files as listed, no image opened: enough for its fingerprint (each image's hash
+    is read from the index in `cache_dir` when training already hashed it), to tell prediction files
+    trained on other data (python -m pipeline.runs). Unlike scan_competition it skips no unreadable image,
+    so data with one has another fingerprint here than in training."""
+    root = Path(root)
+    train_files, _ = _train_files(_check_folders(root, layout), layout)
+    hashes = index_path(cache_dir, root) if cache_dir is not None else None
+    vocab = sorted({p.parent.name for p in train_files})
+    return Competition(root, vocab, train_files, _test_files(root, layout), layout=layout, hash_index=hashes)
+
+
+def scan_competition(root: str | Path, layout: Layout = PADDY, *, cache_dir: str | Path | None = None) -> Competition:
+    """Find and check every file training and prediction will need, before anything is trained. With
+    `cache_dir` (perf.cache_dir), the images' content hashes behind the fingerprint are kept there.
+
+    Unreadable training images are skipped with a warning naming each; an unreadable test image
+    stops the scan, since every test row needs a prediction, and so does an image fastai would
+    decode wrongly (see too_deep).
+    """
+    root = Path(root)
+    train_dir = _check_folders(root, layout)
     train_files, n_labels = _train_files(train_dir, layout)
     test_files = _test_files(root, layout)
 

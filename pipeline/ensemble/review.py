@@ -59,31 +59,18 @@ def thumbnail(path: Path) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def review_html(table: pd.DataFrame, train_root: Path, csv_name: str) -> str:
-    """The report's section: one row per suspect, its thumbnail first."""
+def review_table(table: pd.DataFrame, train_root: Path) -> str:
+    """The suspects as an HTML table, one row each, its thumbnail (read from `train_root`) beside its rank."""
     rows = []
     for s in table.itertuples():
         uri = thumbnail(train_root / s.image)
-        picture = (
-            f'<img class="thumb" alt="{html.escape(s.image)}" width="{THUMBNAIL}" src="{uri}">'
-            if uri
-            else "(unreadable)"
-        )
+        alt = html.escape(s.image)
+        picture = f'<img class="thumb" alt="{alt}" width="{THUMBNAIL}" src="{uri}">' if uri else "(unreadable)"
         cells = [
-            picture,
-            html.escape(s.image),
-            html.escape(s.label),
-            f"{s.label_probability:.4f}",
-            html.escape(s.guess),
-            f"{s.guess_probability:.4f}",
+            f'<td class="num">{s.rank}</td><td>{picture}</td><td>{alt}</td><td>{html.escape(s.label)}</td>',
+            f'<td class="num">{s.label_probability:.4f}</td><td>{html.escape(s.guess)}</td>',
+            f'<td class="num">{s.guess_probability:.4f}</td>',
         ]
-        rows.append(f"<tr><td>{s.rank}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("rank", "", "image", "label", "p(label)", "guess", "p(guess)"))
-    return (
-        f"<h2>Label review: {len(table)} training images whose label the blend doubts</h2>"
-        f"<p>Out-of-fold probabilities of the written blend (each image judged by models that never trained on "
-        f"it, combined by a fit on the other half of the images), least likely label first; also in "
-        f"{html.escape(csv_name)}, which data.exclude=&lt;that file&gt; leaves out of training. A weak blend doubts "
-        "many right labels too: look before excluding. blend.review.top sets how many.</p>"
-        f'<table class="table"><tr>{head}</tr>{"".join(rows)}</table>'
-    )
+    return f'<table class="table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

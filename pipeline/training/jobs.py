@@ -36,6 +36,7 @@ from pipeline.predictions import Predictions, load, save
 from pipeline.tables import format_table
 from pipeline.training.checkpoints import RunCheckpoint
 from pipeline.training.events import RunEvents, job_events
+from pipeline.training.loggers import job_loggers
 from pipeline.training.provenance import run_hash
 from pipeline.training.recipe import recipe_columns
 from pipeline.training.run import free_memory, train_run
@@ -130,7 +131,7 @@ def open_job(cfg: Any, runs: list[RunSpec], budget: TimeBudget) -> TrainingJob:
         len(comp.vocab),
         len(comp.test_files),
     )
-    return TrainingJob(cfg, comp, device, budget, job_events(cfg.train.hooks))
+    return TrainingJob(cfg, comp, device, budget, job_events(cfg.train.hooks, job_loggers(cfg)))
 
 
 def raise_unless_all_done(results: list[RunResult], budget: TimeBudget) -> None:

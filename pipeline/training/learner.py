@@ -64,6 +64,7 @@ def build_learner(
     from fastai.callback.training import GradientAccumulation
     from fastai.vision.learner import vision_learner
 
+    from pipeline.training.history import interactive, plain_progress
     from pipeline.training.optimizers import opt_func
     from pipeline.training.recipe import recipe_callbacks
     from pipeline.training.schedules import fine_tunes
@@ -86,6 +87,8 @@ def build_learner(
         **timm_kwargs,
     )
     pool_channels_first(learn)
+    if not interactive():  # a log file, SLURM, Kaggle: one line per epoch, no progress-bar redraws
+        plain_progress(learn)
     if not fine_tunes(run):
         learn.unfreeze()
     if channels_last:
