@@ -36,13 +36,17 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # scripts/test.sh runs the suite on two pytest-xdist workers (--dist loadgroup). Tests that must not run beside
 # each other share a group, which one worker runs in turn: the cluster engines (one SLURM cluster per machine,
 # Ray's local clusters with 2 declared CPUs each, timed Ctrl-C sweeps) and the real-size models (vit_large
-# alone peaks at 12 GB). Any test using the SLURM cluster joins the engines' group wherever it is.
+# alone peaks at 12 GB). Any test using the SLURM cluster joins the engines' group wherever it is; any test
+# using the flipped-label kfold runs (about 40 s of training, a session fixture of each worker) joins theirs, so
+# that they are trained once.
 SERIAL_GROUPS = {"test_launchers.py": "engines", "test_model_files.py": "real_size_models"}
+FIXTURE_GROUPS = {"slurm_env": "engines", "flipped_kfold_runs": "flipped_kfold_runs"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        group = "engines" if "slurm_env" in getattr(item, "fixturenames", ()) else SERIAL_GROUPS.get(item.path.name)
+        fixtures = getattr(item, "fixturenames", ())
+        group = next((g for f, g in FIXTURE_GROUPS.items() if f in fixtures), SERIAL_GROUPS.get(item.path.name))
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
 

@@ -161,3 +161,27 @@ def test_the_blend_report_renders_whole_in_a_1280_pixel_window(report, chromium)
         f"browser: {len(sections)} sections ({', '.join(promised)}), {len(tables)} tables, {len(images)} images "
         f"decoded, 0 console errors, page {page[0]} px wide in a {WIDTH} px window; screenshot {path}"
     )
+
+
+@pytest.fixture
+def review_report(flipped_kfold_runs, tmp_path) -> Path:
+    """The stack blend of the flipped-label kfold runs: a stack row, the label review's 40 thumbnails."""
+    runs, output = flipped_kfold_runs, tmp_path / "submission.csv"
+    cfg = ["data=demo", f"data.root={runs.root}", f"paths.preds={runs.preds}", f"blend.output={output}"]
+    return blend(compose("blend", [*cfg, "blend.weighting=stack"])).report_path
+
+
+def test_the_label_review_renders_in_a_1280_pixel_window(review_report, chromium):
+    chromium.get(review_report.as_uri())
+    sections = {key: (holds, rows, images) for key, holds, rows, images in chromium.execute_script(SECTIONS)}
+    assert sections["review"] == ("table", 40, 40)  # a row and a thumbnail per suspect
+    images = chromium.execute_script(IMAGES)
+    thumbnails = [i for i in images if "/" in i[0]]  # alt: the image's id, <label>/<file>
+    assert len(thumbnails) == 40 and all(complete and width > 0 for _, complete, width, _ in thumbnails)
+    assert [e for e in chromium.get_log("browser") if e["level"] == "SEVERE"] == []
+    page = chromium.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert page[0] <= page[1] <= WIDTH, f"the page scrolls sideways: {page[0]} px wide"
+    for section, right, scroll, client in chromium.execute_script(TABLES):
+        assert right <= page[1] and scroll <= client, f"a table of {section} does not fit: {right} px"
