@@ -13,6 +13,7 @@ from pipeline.ensemble.compute import compute_blend
 from pipeline.ensemble.report import terminal_table
 from pipeline.ensemble.writing import blend
 from pipeline.errors import PipelineError
+from pipeline.kaggle.uploads import runs_text
 from tests.conftest import compose
 
 pytestmark = pytest.mark.slow
@@ -62,6 +63,7 @@ def test_stack_on_real_kfold_runs_is_scored_beside_the_weighted_means(stacked):
     assert "stack *" in table and "logistic regression" in table and "n/a" in table
     record = json.loads(output.with_suffix(".csv.json").read_text())
     assert record["weighting"] == "stack" and {r["weight"] for r in record["runs"]} == {None}
+    assert runs_text(record) == ", ".join(f"tiny_squish64_64_fold{k} (stacked)" for k in range(3))  # the ledger's
 
 
 def test_the_kfold_blend_hands_on_out_of_fold_and_per_fold_probabilities(flipped_kfold_runs, stacked):
