@@ -219,3 +219,19 @@ def demo_runs(demo_root, weights_dir, tmp_path_factory) -> TrainedRuns:
         root.removeHandler(handler)
         root.setLevel(level)
     return TrainedRuns(preds, overrides, results, "\n".join(lines))
+
+
+@pytest.fixture(scope="session")
+def kfold_teacher_runs(demo_root, weights_dir, tmp_path_factory) -> TrainedRuns:
+    """One tiny variant trained once as 3 kfold folds on the demo data (data.seed's default 42):
+    teacher_squish32_32_fold0..2, whose validation predictions cover every training image out of fold and
+    whose test predictions are each fold's: the members of a teacher blend (tests/factories.blend_file_of)."""
+    import torch
+
+    from pipeline.training.jobs import train_model
+
+    preds = tmp_path_factory.mktemp("kfold_teacher_runs") / "preds"
+    overrides = [*tiny_run_overrides(demo_root, weights_dir, preds, name="teacher"), "data.split=kfold", "data.folds=3"]
+    torch.manual_seed(1)
+    results = train_model(compose("config", overrides))
+    return TrainedRuns(preds, overrides, results, "")
