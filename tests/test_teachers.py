@@ -66,26 +66,26 @@ def test_mixup_and_cutmix_mix_the_teachers_probabilities_as_the_images(kind):
     alpha, t, n = 0.3, 2.0, 6
     g = torch.Generator().manual_seed(0)
     learn = synth_learner()
-    learn.loss_func = MultiTargetLoss([3], [1.0], lambda: None, SoftTargetLoss(alpha=alpha, temperature=t))
+    learn.loss_func = MultiTargetLoss([n], [1.0], lambda: None, SoftTargetLoss(alpha=alpha, temperature=t))
     cb = (MixUpTargets if kind == "mixup" else CutMixTargets)()
     learn.add_cb(cb)
-    labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    teacher = torch.softmax(torch.randn(n, 3, generator=g), 1)
-    learn.xb, learn.yb = (torch.randn(n, 3, 4, 4, generator=g),), (labels, torch.eye(3)[labels], teacher)
+    labels = torch.arange(n)  # one class an image: the other image mixed into image i is labels1[i]
+    one_hot = torch.eye(n)
+    teacher = torch.softmax(torch.randn(n, n, generator=g), 1)
+    learn.xb, learn.yb = (torch.randn(n, 3, 4, 4, generator=g),), (labels, one_hot[labels], teacher)
     learn.training = True
     torch.manual_seed(0)
     cb.before_train()
     cb.before_batch()
     lam = cb.lam.expand(n) if kind == "cutmix" else cb.lam
     other = cb.yb1[0]
-    mixed = lam[:, None] * teacher + (1 - lam[:, None]) * cb.yb1[2]
+    mixed = lam[:, None] * teacher + (1 - lam[:, None]) * teacher[other]
     assert not torch.equal(other, labels)  # another image was mixed in
     torch.testing.assert_close(learn.yb[2], mixed)
-    one_hot = torch.eye(3)
     torch.testing.assert_close(learn.yb[1], lam[:, None] * one_hot[labels] + (1 - lam[:, None]) * one_hot[other])
     assert torch.equal(learn.yb[0], labels)  # the category stays: fastai mixes its loss
 
-    out = torch.randn(n, 3, generator=g)
+    out = torch.randn(n, n, generator=g)
     logp, logq = torch.log_softmax(out, 1), torch.log_softmax(out / t, 1)
     ce = -logp.gather(1, labels[:, None]).squeeze(1), -logp.gather(1, other[:, None]).squeeze(1)
     kl = (mixed * (mixed.log() - logq)).sum(1)
@@ -117,7 +117,7 @@ def test_pseudo_labels_are_the_confident_rows_at_most_cap_a_class():
 )
 def test_students_and_pseudo_labelled_runs_are_named_by_a_tag(overrides, tag, column):
     (run,) = resolve_runs(compose("config", ["+model=effnet_lite0", *overrides]))
-    assert run.name == f"effnet_lite0_squish224_224{tag}"
+    assert run.name == f"effnet_lite0_squish64_64{tag}"
     if column:
         assert recipe_columns(run.recipe)["loss"] == column
 

@@ -53,7 +53,8 @@ def make_dataloaders(
         raise PipelineError(
             f"{n_train} training images are fewer than one batch of {run.batch_size}: lower model.batch_size"
         )
-    get_y = [soft.label if soft else parent_label, *aux, *([soft.probs, soft.teacher_probs] if soft else [])]
+    label, *probabilities = soft.getters() if soft else [parent_label]
+    get_y = [label, *aux, *probabilities]
     block = DataBlock(
         blocks=(
             image_block(comp, run, perf),

@@ -28,7 +28,7 @@ def select_pseudo(probs: torch.Tensor, threshold: float, cap_per_class: int = 0)
     """Rows of `probs` (test images, classes) whose top probability reaches `threshold`; with
     `cap_per_class` > 0, at most that many a top class, the most confident. In row order."""
     top, best = probs.max(1)
-    chosen = (top.double() >= threshold).nonzero().flatten()
+    chosen = (top >= torch.tensor(threshold, dtype=top.dtype)).nonzero().flatten()  # at the probabilities' precision
     if cap_per_class:
         kept = []
         for c in best[chosen].unique():
@@ -72,6 +72,22 @@ class SoftTargets:
     def teacher_probs(self, item: Path) -> torch.Tensor:
         found = self.teacher.get(item)
         return torch.zeros(len(self.vocab)) if found is None else found
+
+    def getters(self) -> list[Getter]:
+        """fastai's get_y for the label, the target probabilities and the teacher's, in that order."""
+        return [Getter(self, "label"), Getter(self, "probs"), Getter(self, "teacher_probs")]
+
+
+@dataclass(frozen=True)
+class Getter:
+    """One of SoftTargets' three as fastai's get_y: a callable object, as fastai's Transform takes a bound
+    method for one of its own (it would look for encodes and decodes on it)."""
+
+    targets: SoftTargets
+    what: str  # label | probs | teacher_probs
+
+    def __call__(self, item: Path) -> Any:
+        return getattr(self.targets, self.what)(item)
 
 
 def run_items(comp: Competition, valid_idx: Sequence[int], extra: Sequence[Path] = ()) -> tuple[list[Path], list[int]]:
