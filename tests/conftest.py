@@ -36,8 +36,13 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # scripts/test.sh runs the suite on two pytest-xdist workers (--dist loadgroup). Tests that must not run beside
 # each other share a group, which one worker runs in turn: the cluster engines (one SLURM cluster per machine,
 # Ray's local clusters with 2 declared CPUs each, timed Ctrl-C sweeps) and the real-size models (vit_large
-# alone peaks at 12 GB). Any test using the SLURM cluster joins the engines' group wherever it is.
-SERIAL_GROUPS = {"test_launchers.py": "engines", "test_model_files.py": "real_size_models"}
+# alone peaks at 12 GB). Any test using the SLURM cluster joins the engines' group wherever it is. The students'
+# tests share one worker so that their kfold teachers (kfold_teacher_runs) train once.
+SERIAL_GROUPS = {
+    "test_launchers.py": "engines",
+    "test_model_files.py": "real_size_models",
+    "test_teachers.py": "teachers",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -334,6 +334,12 @@ def test_excluded_images_leave_training_not_validation_and_change_the_fingerprin
     assert "trained on other data (images, train.csv or data.exclude changed" in caplog.text
     made = predictions.load(result.path)
     assert made.environment["data_fingerprint"] == cleaned.fingerprint_for([]) and made.valid_ids == valid
+    # python -m pipeline.runs checks a cleaned run against its list: current, not stale
+    from pipeline.training.listing import list_runs
+
+    listing = [f"paths.preds={preds}", "data=demo", f"data.root={demo_root}", "runs.filter=tiny_squish32_32"]
+    rows, _ = list_runs(compose("runs", [*listing, f"perf.cache_dir={demo_runs.preds.parent / 'cache'}"]))
+    assert [r["state"] for r in rows] == ["ok"]
 
     pd.DataFrame({"image": ["dress/nothing.jpg", training[1]]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(PipelineError, match=r"lists 1 image\(s\) that are not training images .*'dress/nothing.jpg'"):
