@@ -37,9 +37,13 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # each other share a group, which one worker runs in turn: the cluster engines (one SLURM cluster per machine,
 # Ray's local clusters with 2 declared CPUs each, timed Ctrl-C sweeps) and the real-size models (vit_large
 # alone peaks at 12 GB). Any test using the SLURM cluster joins the engines' group wherever it is; any test
-# using the flipped-label kfold runs (about 40 s of training, a session fixture of each worker) joins theirs, so
-# that they are trained once.
-SERIAL_GROUPS = {"test_launchers.py": "engines", "test_model_files.py": "real_size_models"}
+# using the flipped-label kfold runs (about 40 s of training, a session fixture of each worker) joins theirs, and
+# the students' tests share one worker, so that their kfold runs are trained once.
+SERIAL_GROUPS = {
+    "test_launchers.py": "engines",
+    "test_model_files.py": "real_size_models",
+    "test_teachers.py": "teachers",
+}
 FIXTURE_GROUPS = {"slurm_env": "engines", "flipped_kfold_runs": "flipped_kfold_runs"}
 
 
@@ -285,3 +289,19 @@ def flipped_kfold_runs(weights_dir, tmp_path_factory) -> FlippedRuns:
     torch.manual_seed(1), random.seed(1)
     train_model(compose("config", overrides))
     return FlippedRuns(root, preds, flipped, overrides)
+
+
+@pytest.fixture(scope="session")
+def kfold_teacher_runs(demo_root, weights_dir, tmp_path_factory) -> TrainedRuns:
+    """One tiny variant trained once as 3 kfold folds on the demo data (data.seed's default 42):
+    teacher_squish32_32_fold0..2, whose validation predictions cover every training image out of fold and
+    whose test predictions are each fold's: the members of a teacher blend (tests/factories.blend_file_of)."""
+    import torch
+
+    from pipeline.training.jobs import train_model
+
+    preds = tmp_path_factory.mktemp("kfold_teacher_runs") / "preds"
+    overrides = [*tiny_run_overrides(demo_root, weights_dir, preds, name="teacher"), "data.split=kfold", "data.folds=3"]
+    torch.manual_seed(1)
+    results = train_model(compose("config", overrides))
+    return TrainedRuns(preds, overrides, results, "")

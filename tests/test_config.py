@@ -308,7 +308,7 @@ def test_an_unknown_registry_name_is_one_line_listing_the_known_ones():
             ["-m", "schedule=one_cycle,cosine"],
             "unknown schedule 'cosine': choose one of fine_tune, one_cycle, flat_cos",
         ),
-        (["loss=focal"], "unknown loss 'focal': choose one of cross_entropy, label_smoothing (conf/loss/)"),
+        (["loss=focal"], "unknown loss 'focal': choose one of cross_entropy, label_smoothing, distill (conf/loss/)"),
         (["hydra/launcher=ray"], "unknown launcher 'ray': choose one of local, gpus, slurm, kaggle"),
         (["logger=wandb"], "unknown logger 'wandb': choose one of none, csv, mlflow, tensorboard (conf/logger/)"),
     ],

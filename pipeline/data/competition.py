@@ -38,10 +38,17 @@ class Competition:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     layout: Layout = PADDY
     hash_index: Path | None = None  # where the images' content hashes are kept (data/file_hashes.index_path)
+    # training images data.exclude leaves out of training (data/exclude.py), by image_id; they stay in validation
+    excluded: frozenset[str] = frozenset()
 
     @property
     def test_ids(self) -> list[str]:
         return [f.name for f in self.test_files]
+
+    def image_id(self, path: Path) -> str:
+        """A training image's id: its path under train_dir (label folder/file name), as prediction files'
+        valid_ids, blend files' oof_ids and data.exclude name it."""
+        return str(path.relative_to(self.train_dir))
 
     @property
     def train_dir(self) -> Path:
@@ -73,13 +80,18 @@ class Competition:
         return h.hexdigest()
 
     def fingerprint_for(self, aux_targets: Iterable[str]) -> str:
-        """The fingerprint of what a run reads: the images, and train.csv's bytes when the run has extra
-        targets (an edited variety column retrains it; a run without extra targets ignores train.csv)."""
-        if not list(aux_targets):
-            return self.fingerprint
-        csv = self.train_csv_path
-        digest = hash_file(csv) if csv.is_file() else "missing"  # read_aux_targets refuses a missing one
-        return hashlib.sha256(f"{self.fingerprint}\0{self.layout.train_csv}\0{digest}".encode()).hexdigest()
+        """The fingerprint of what a run reads: the images, train.csv's bytes when the run has extra
+        targets (an edited variety column retrains it; a run without extra targets ignores train.csv), and
+        the training images data.exclude leaves out (another list retrains; none gives the plain fingerprint,
+        so that removing data.exclude finds the runs trained without it)."""
+        found = self.fingerprint
+        if list(aux_targets):
+            csv = self.train_csv_path
+            digest = hash_file(csv) if csv.is_file() else "missing"  # read_aux_targets refuses a missing one
+            found = hashlib.sha256(f"{found}\0{self.layout.train_csv}\0{digest}".encode()).hexdigest()
+        if self.excluded:
+            found = hashlib.sha256("\0".join([found, "exclude", *sorted(self.excluded)]).encode()).hexdigest()
+        return found
 
 
 def stat_fingerprint(files: Iterable[Path]) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.config import check_ranges
 from pipeline.curves import run_minutes
 from pipeline.data.competition import listed_competition
+from pipeline.data.exclude import excluding
 from pipeline.data.layout import Layout
 from pipeline.errors import PipelineError
 from pipeline.fileio import is_locked
@@ -116,16 +117,21 @@ def data_check(cfg: Any) -> tuple[Callable[[Predictions], str], str]:
         comp = listed_competition(cfg.data.root, Layout.from_config(cfg.data), cache_dir=cfg.perf.cache_dir)
     except (PipelineError, OSError) as e:
         return lambda preds: "?", f"data not checked: {e}"
-    fingerprints: dict[tuple[str, ...], str] = {}
+    fingerprints: dict[tuple[tuple[str, ...], str | None], str | None] = {}
 
     def state(preds: Predictions) -> str:
         recorded = preds.environment.get("data_fingerprint")
         if not recorded:
             return "?"
         aux = tuple((preds.run_spec.get("recipe") or {}).get("aux_targets") or ())
-        if aux not in fingerprints:
-            fingerprints[aux] = comp.fingerprint_for(aux)
-        return "ok" if recorded == fingerprints[aux] else "stale"
+        exclude = (preds.config.get("data") or {}).get("exclude")  # a cleaned run: its list as it is now
+        if (aux, exclude) not in fingerprints:
+            try:
+                fingerprints[aux, exclude] = excluding(comp, exclude).fingerprint_for(aux)
+            except PipelineError:  # the list moved or names images no longer there
+                fingerprints[aux, exclude] = None
+        found = fingerprints[aux, exclude]
+        return "?" if found is None else "ok" if recorded == found else "stale"
 
     return state, f"state: each file's data fingerprint against the data at {comp.root} (data.root) now"
 

@@ -24,6 +24,7 @@ from pipeline.training.events import RunEvents
 from pipeline.training.provenance import environment
 from pipeline.training.recipe import recipe_columns
 from pipeline.training.specs import RunSpec
+from pipeline.training.teachers import Teachers
 from pipeline.training.time_budget import TimeBudget, TimeBudgetSpent
 
 if TYPE_CHECKING:
@@ -67,8 +68,10 @@ def train_run(
     ckpt: RunCheckpoint | None,
     budget: TimeBudget | None = None,
     events: RunEvents | None = None,
+    teachers: Teachers | None = None,
 ) -> Predictions:
-    """Fit one run (resuming from its checkpoint if any) and return its TTA predictions.
+    """Fit one run (resuming from its checkpoint if any) and return its TTA predictions. `teachers`: the
+    blends the job's runs learn from (pipeline.training.teachers), if any.
     Raises TimeBudgetSpent when `budget` stopped the fit before its last epoch."""
     from hydra.utils import instantiate
 
@@ -82,8 +85,9 @@ def train_run(
     start_epoch = resumed_epochs(run, ckpt)
     aux = read_aux_targets(comp, run.recipe.aux_targets)
     history = run_history(run.name, total_epochs(run), plain=not interactive())
+    targets = teachers.targets(comp, run, split.valid_idx) if teachers else None
     with seeded(run.recipe.seed):
-        learn = run_learner(cfg, comp, run, device, timm_kwargs, valid_idx=split.valid_idx, cbs=cbs)
+        learn = run_learner(cfg, comp, run, device, timm_kwargs, valid_idx=split.valid_idx, cbs=cbs, targets=targets)
         try:
             run, lr_found = with_found_lr(learn, run, ckpt)
             fit_s = fit_run(learn, run, start_epoch, ckpt, budget, events, history)
@@ -91,7 +95,9 @@ def train_run(
         finally:
             del learn, history  # the last references (the history callback holds the Learner): memory can go
             free_memory(device)
-    return predictions(cfg, comp, run, device, split, aux, outputs)
+    preds = predictions(cfg, comp, run, device, split, aux, outputs)
+    preds.teacher = targets.record if targets else {}
+    return preds
 
 
 def resumed_epochs(run: RunSpec, ckpt: RunCheckpoint | None) -> int:
@@ -168,7 +174,6 @@ def read_outputs(
     test_probs, _ = tta(learn, learn.dls.test_dl(comp.test_files), n, beta, fast)
     valid_probs, valid_targets = tta(learn, learn.dls.valid.new(shuffle=False, drop_last=False), n, beta, fast)
     tta_s = time.perf_counter() - start
-    train_root = comp.train_dir
     return RunOutputs(
         valid_error=valid_error,
         valid_probs_plain=valid_probs_plain,
@@ -176,7 +181,7 @@ def read_outputs(
         test_probs=test_probs,
         valid_probs=valid_probs.float(),
         valid_targets=valid_targets,
-        valid_ids=[str(Path(p).relative_to(train_root)) for p in learn.dls.valid_ds.items],
+        valid_ids=[comp.image_id(Path(p)) for p in learn.dls.valid_ds.items],
         timings={"fit_s": fit_s, "tta_s": tta_s},
         lr_found=lr_found,
         history=[dict(r) for r in history],
