@@ -246,6 +246,25 @@ def sweep_temp_files(folder: Path, pattern: str = ".*.tmp") -> list[Path]:
     return removed
 
 
+def is_locked(path: str | Path) -> bool:
+    """Whether a live process holds an exclusive flock on `path` (a run's lock: pipeline.training.jobs.run_lock),
+    probed with a shared lock taken without waiting and dropped at once. A job trying to take the lock
+    in that instant would find it held; a missing file, or a file system without locks, is not locked."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # drops the probe's lock
+    return False
+
+
 def _lock(fd: int, blocking: bool) -> bool:
     """An exclusive flock on `fd`; False if another holds it, or if the file system has no locks
     (then nothing is ever swept: a leftover is kept rather than a live file risked)."""

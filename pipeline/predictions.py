@@ -56,6 +56,15 @@ class Predictions:
     # the recipe as table columns (optimizer, schedule, loss, extras), so that blending describes runs
     # without knowing the recipe registries (pipeline.training.recipe.recipe_columns)
     recipe_summary: dict[str, str] = field(default_factory=dict)
+    # one record per epoch trained, in order, a resumed run's earlier epochs included: fit, epoch, step,
+    # frozen, train_loss, valid_loss, error_rate (and error_rate_<extra target>), lr, seconds
+    # (pipeline.training.history; drawn by pipeline.curves). Empty in files from before it was kept.
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # where the run's targets came from beyond its labels, by kind, each with the blend's CSV ("blend") and
+    # its probabilities file's content hash ("hash", pipeline.blend_file.content_hash): "distill" (loss=distill;
+    # alpha, temperature) and "pseudo" (data.pseudo; threshold, hard, cap_per_class, fold, n_images: the test
+    # images that joined training). Empty: labels alone. Blending marks members by it and warns of leaks
+    teacher: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # where it was loaded from; not stored
 
     def check(self, where: str, fix: str) -> None:

@@ -9,9 +9,10 @@ from pipeline.config import TrainAppConfig, register_configs
 from pipeline.errors import exit_on_error
 from pipeline.launchers import LAUNCHERS
 from pipeline.registry import refuse_unknown_choices
+from pipeline.training.loggers import LOGGERS
 from pipeline.training.recipe import GROUPS
 
-REGISTRIES = [*GROUPS.values(), LAUNCHERS]
+REGISTRIES = [*GROUPS.values(), LOGGERS, LAUNCHERS]
 register_configs(*REGISTRIES)
 
 

@@ -16,9 +16,10 @@ from pipeline.errors import PipelineError, exit_on_error
 from pipeline.launchers import LAUNCHERS
 from pipeline.registry import refuse_unknown_choices
 from pipeline.training.distributed import worker_overrides
+from pipeline.training.loggers import LOGGERS
 from pipeline.training.recipe import GROUPS
 
-REGISTRIES = [*GROUPS.values(), LAUNCHERS]
+REGISTRIES = [*GROUPS.values(), LOGGERS, LAUNCHERS]
 register_configs(*REGISTRIES)
 
 

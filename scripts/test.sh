@@ -5,4 +5,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
 
 .venv/bin/ruff check .
-.venv/bin/python -m pytest "$@"
+# two workers: most tests wait on processes, sleeps or I/O, so one worker keeps a 2-core machine half idle;
+# PYTEST_WORKERS=0 runs in this process (for pdb, or -s output in order)
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LAYER = {"base": 0, "data": 1, "training": 2, "ensemble": 2, "kaggle": 3, "launchers": 3, "commands": 4}
-BASE = {"errors", "tables", "fileio", "registry", "config", "predictions"}
+BASE = {"errors", "tables", "fileio", "registry", "config", "predictions", "blend_file", "curves"}
 
 
 def unit(module: str) -> str:

@@ -177,7 +177,7 @@ def test_test_accuracy_against_true_labels(tmp_path, comp_root):
 
 
 def _outputs(tmp_path):
-    names = ["sub.csv", "sub.report.html", "sub.csv.json", "sub.confusion.png"]
+    names = ["sub.csv", "sub.report.html", "sub.csv.json", "sub.confusion.png", "sub.probs.pt"]
     return {n: (tmp_path / n).read_bytes() for n in names if (tmp_path / n).exists()}
 
 
@@ -187,7 +187,7 @@ def test_blend_outputs_are_replaced_as_one_set_or_not_at_all(tmp_path, comp_root
     save(tmp_path, make_preds("x")), save(tmp_path, make_preds("y", seed=1))
     blend(blend_cfg(tmp_path, comp_root))
     before = _outputs(tmp_path)
-    assert set(before) == {"sub.csv", "sub.report.html", "sub.csv.json", "sub.confusion.png"}
+    assert set(before) == {"sub.csv", "sub.report.html", "sub.csv.json", "sub.confusion.png", "sub.probs.pt"}
 
     # a second blend with other weights that fails while rendering its report: nothing is replaced
     def broken_report(result):
@@ -204,7 +204,7 @@ def test_blend_outputs_are_replaced_as_one_set_or_not_at_all(tmp_path, comp_root
     # and when it succeeds, every file of the set is the new blend's
     blend(blend_cfg(tmp_path, comp_root, "+blend.weights.y=5"))
     after = _outputs(tmp_path)
-    assert all(after[name] != before[name] for name in ("sub.report.html", "sub.csv.json"))
+    assert all(after[name] != before[name] for name in ("sub.report.html", "sub.csv.json", "sub.probs.pt"))
     assert json.loads(after["sub.csv.json"])["runs"][1]["weight"] == pytest.approx(5 / 6)
 
 

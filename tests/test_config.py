@@ -122,7 +122,8 @@ def test_cli_modules_do_not_import_heavy_libraries():
     code = (
         "import sys, pipeline.train, pipeline.blend, pipeline.ensemble.writing, pipeline.training.jobs,"
         " pipeline.prepare_demo, pipeline.probe, pipeline.training.memory_probe, pipeline.bench,"
-        " pipeline.benchmark, pipeline.kernels, hydra_plugins.paddy_pipeline.launchers;"
+        " pipeline.benchmark, pipeline.kernels, pipeline.runs, pipeline.training.listing,"
+        " pipeline.training.loggers, hydra_plugins.paddy_pipeline.launchers;"
         "print(sorted(m for m in ('fastai', 'timm', 'kaggle') if m in sys.modules))"
     )
     out = _cli("-c", code)
@@ -132,6 +133,7 @@ def test_cli_modules_do_not_import_heavy_libraries():
 
 BAD_VALUES = [  # (root config, overrides, the one-line error)
     ("config", ["tta.n=0"], "tta.n must be >= 1, got 0"),
+    ("config", ["logger=mlflow", "logger.http_timeout_s=0"], "logger.http_timeout_s must be >= 1, got 0"),
     ("config", ["tta.n=-1"], "tta.n must be >= 1, got -1"),
     ("config", ["tta.beta=1.5"], "tta.beta must be in [0, 1], got 1.5"),
     ("config", ["tta.beta=-0.1"], "tta.beta must be in [0, 1], got -0.1"),
@@ -181,6 +183,9 @@ BAD_VALUES = [  # (root config, overrides, the one-line error)
     ("blend", ["blend.greedy.bag_fraction=0"], "blend.greedy.bag_fraction must be in (0, 1], got 0.0"),
     ("blend", ["blend.greedy.bag_fraction=1.5"], "blend.greedy.bag_fraction must be in (0, 1], got 1.5"),
     ("blend", ["+blend.weights.r1=-1"], "blend.weights.r1 must be >= 0, got -1.0"),
+    ("blend", ["blend.stack.folds=1"], "blend.stack.folds must be >= 2, got 1"),
+    ("blend", ["blend.stack.C=[1,0]"], "blend.stack.C.1 must be > 0, got 0.0"),
+    ("blend", ["blend.review.top=-1"], "blend.review.top must be >= 0, got -1"),
     ("submit", ["kaggle.attempts=0"], "kaggle.attempts must be >= 1, got 0"),
     ("submit", ["kaggle.backoff_s=-1"], "kaggle.backoff_s must be >= 0, got -1.0"),
     ("submit", ["kaggle.max_backoff_s=-1"], "kaggle.max_backoff_s must be >= 0, got -1.0"),
@@ -230,7 +235,7 @@ def test_out_of_range_options_are_one_clear_error(config_name, overrides, messag
     assert str(e.value) == message
 
 
-@pytest.mark.parametrize("config_name", ["config", "blend", "submit", "download", "bench", "prepare_demo"])
+@pytest.mark.parametrize("config_name", ["config", "blend", "submit", "download", "bench", "prepare_demo", "runs"])
 def test_shipped_configs_are_in_range(config_name):
     from pipeline.config import check_ranges
 
@@ -246,6 +251,7 @@ def _schemas() -> list[type]:
 
     import pipeline.config as package
     from pipeline.ensemble.weightings import WEIGHTINGS
+    from pipeline.training.loggers import LOGGERS
     from pipeline.training.recipe import GROUPS
 
     modules = [getattr(package, m) for m in dir(package) if inspect.ismodule(getattr(package, m))]
@@ -253,7 +259,7 @@ def _schemas() -> list[type]:
         (m, c) for m in modules for _, c in inspect.getmembers(m, inspect.isclass) if dataclasses.is_dataclass(c)
     ]
     found = {c for m, c in members if c.__module__ == m.__name__ != "pipeline.config.ranges"}
-    found |= {e.schema for r in [*GROUPS.values(), WEIGHTINGS] for e in r.entries() if e.schema}
+    found |= {e.schema for r in [*GROUPS.values(), WEIGHTINGS, LOGGERS] for e in r.entries() if e.schema}
     return sorted(found, key=lambda c: c.__qualname__)
 
 
@@ -281,7 +287,7 @@ def test_an_unknown_registry_name_is_one_line_listing_the_known_ones():
     with pytest.raises(PipelineError) as e:
         compute_blend(compose("blend", ["blend.weighting=nope", "data=demo"]))
     assert str(e.value) == (
-        "unknown weighting 'nope': choose one of config, equal, greedy, optimize, best"
+        "unknown weighting 'nope': choose one of config, equal, greedy, optimize, best, stack"
         " (blend.weighting in conf/blend.yaml)"
     )
     with pytest.raises(PipelineError) as e:
@@ -302,8 +308,9 @@ def test_an_unknown_registry_name_is_one_line_listing_the_known_ones():
             ["-m", "schedule=one_cycle,cosine"],
             "unknown schedule 'cosine': choose one of fine_tune, one_cycle, flat_cos",
         ),
-        (["loss=focal"], "unknown loss 'focal': choose one of cross_entropy, label_smoothing (conf/loss/)"),
+        (["loss=focal"], "unknown loss 'focal': choose one of cross_entropy, label_smoothing, distill (conf/loss/)"),
         (["hydra/launcher=ray"], "unknown launcher 'ray': choose one of local, gpus, slurm, kaggle"),
+        (["logger=wandb"], "unknown logger 'wandb': choose one of none, csv, mlflow, tensorboard (conf/logger/)"),
     ],
 )
 def test_an_unknown_choice_on_the_command_line_is_one_line(choice, message):
@@ -355,6 +362,7 @@ ROOT_SCHEMAS = {
     "download": "DownloadAppConfig",
     "submit": "SubmitAppConfig",
     "kernels": "KernelsAppConfig",
+    "runs": "RunsAppConfig",
 }
 
 

@@ -358,6 +358,24 @@ def test_the_notebooks_job_config_composes_there_as_it_was_composed_here(tmp_pat
     assert there[group].name == option and OmegaConf.get_type(there[group]) is GROUPS[group][option].schema
 
 
+@pytest.mark.parametrize("option", ["none", "csv", "mlflow", "tensorboard"])
+def test_the_notebooks_logger_composes_there_a_trackers_as_csv(tmp_path, option):
+    """A tracker's package is not in the notebook: its runs log as csv there, their histories come home in
+    the prediction files."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from pipeline.kaggle.notebooks import config_yaml, kaggle_config
+    from pipeline.training.loggers import LOGGERS
+
+    job = kaggle_config(compose("config", ["+model=effnet_lite0", f"logger={option}"]), time_budget_h=11.5)
+    (tmp_path / "config.yaml").write_text(config_yaml(job))
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        there = hydra_compose(config_name="config")
+    expected = "none" if option == "none" else "csv"
+    assert there.logger.name == expected and OmegaConf.get_type(there.logger) is LOGGERS[expected].schema
+
+
 def test_a_push_accepted_behind_a_5xx_is_followed_not_pushed_again(stand_in, tiny_demo, tmp_path):
     outputs = tmp_path / "outputs"
     stand_in.accept_then_fail = 502  # Kaggle starts the session, the answer is lost on the way back

@@ -149,12 +149,27 @@ def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_then_blended(demo_roo
     assert list(submission.image_id) == list(pd.read_csv(demo_root / "sample_submission.csv").image_id)
 
 
-def test_ray_sweep_over_tta_keeps_a_file_per_value_and_a_rerun_skips_both(
+def test_ray_sweep_over_tta_keeps_a_file_per_value_and_a_rerun_skips_both_logging_to_one_mlflow_store(
     demo_root, weights_dir, tmp_path, ray_cluster
 ):
-    outputs = tmp_path / "outputs"
-    command = sweep_command(demo_root, weights_dir, outputs, "tta.n=1,2", "hydra/launcher=gpus", replaces=())
+    from mlflow import MlflowClient
+
+    outputs, store = tmp_path / "outputs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # the two jobs run at once on Ray's two GPUs and log to one SQLite store (made by whichever comes first)
+    logger = ("logger=mlflow", f"logger.tracking_uri={store}")
+    command = sweep_command(demo_root, weights_dir, outputs, "tta.n=1,2", "hydra/launcher=gpus", *logger, replaces=())
     sweep_twice_over_tta(command, outputs, os.environ | {"RAY_ADDRESS": ray_cluster})
+
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("paddy").experiment_id])
+    # both jobs' runs, once each: the second sweep skipped them and logged nothing
+    assert sorted(r.info.run_name for r in runs) == ["tiny_squish32_32_tta1", "tiny_squish32_32_tta2"]
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert run.info.status == "FINISHED" and [m.step for m in history] == [0, 1]
+        assert run.data.tags["launcher"] == "gpus" and run.data.tags["cuda_visible_devices"] in ("0", "1")
+    overlap = min(r.info.end_time for r in runs) - max(r.info.start_time for r in runs)
+    print(f"the two MLflow runs were open at once for {overlap / 1000:.1f} s")  # negative: one after the other
 
 
 def processes(pgid: int, mark: str) -> list[str]:
@@ -213,8 +228,9 @@ def test_ctrl_c_stops_a_ray_sweep_keeping_checkpoints_and_leaving_no_process(dem
         "interrupted: 2 job(s) stopped, each keeping its last epoch checkpoint; run the same command again to continue"
     ]
     assert "Traceback" not in err
-    assert list((outputs / "checkpoints").glob("tiny_*-*/epoch*.pth"))  # kept: the same command resumes
-    assert not list((outputs / "preds").glob("*.pt"))
+    written = sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*.p*"))
+    assert list((outputs / "checkpoints").glob("tiny_*-*/epoch*.pth")), written  # kept: the same command resumes
+    assert not list((outputs / "preds").glob("*.pt")), written
 
 
 # --- SLURM: hydra/launcher=slurm ---
@@ -301,15 +317,20 @@ def test_ctrl_c_leaves_slurm_jobs_running_and_says_how_to_follow_or_cancel_them(
         replaces=("train.epochs=",),
     )
     env = slurm_env | {"OMP_NUM_THREADS": "1"}
-    err = (tmp_path / "stderr.log").open("w")
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
+    out, err = (tmp_path / "stdout.log").open("w"), (tmp_path / "stderr.log").open("w")
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (job_id := _slurm("squeue", "-h", "-n", "tiny_ctrl_c", "-o", "%i", env=slurm_env).strip()):
+        # Ctrl-C while the command waits for its job: once sbatch has returned and the job id is logged
+        while not (submitted := re.search(r"-> SLURM job (\d+)", (tmp_path / "stdout.log").read_text())):
             assert sweep.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.log").read_text()
             time.sleep(0.2)
+        job_id = submitted[1]
         os.killpg(sweep.pid, signal.SIGINT)
-        assert sweep.wait(timeout=60) == 130
+        try:
+            assert sweep.wait(timeout=60) == 130
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no exit within 60 s of Ctrl-C: {(tmp_path / 'stderr.log').read_text()[-3000:]}")
         still = _slurm("squeue", "-h", "-j", job_id, "-o", "%i", env=slurm_env).strip()
     finally:
         if sweep.poll() is None:

@@ -13,8 +13,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # docs/architecture.md, "Layers": a module may import its own layer's modules and those of lower layers.
-BASE = {"errors", "tables", "fileio", "registry", "config", "predictions", "blend_file"}
-COMMANDS = {"train", "blend", "submit", "download", "kernels", "probe", "bench", "benchmark", "prepare_demo"}
+BASE = {"errors", "tables", "fileio", "registry", "config", "predictions", "blend_file", "curves"}
+COMMANDS = {"train", "blend", "submit", "download", "kernels", "probe", "bench", "benchmark", "prepare_demo", "runs"}
 LAYERS = {"base": 0, "data": 1, "training": 2, "ensemble": 2, "kaggle": 3, "launchers": 3, "commands": 4}
 # Packages of one layer stay independent of each other, but for these (importer, imported) pairs.
 SIBLINGS = {("launchers", "kaggle")}  # the Kaggle launcher is glue over kaggle/kernels

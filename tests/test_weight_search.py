@@ -1,11 +1,16 @@
 """Blend arithmetic and weight search on hand-made probability arrays with known answers."""
 
+import functools
+
 import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
 from pipeline.ensemble.arithmetic import blend_probs, leave_one_out_accuracy
+from pipeline.ensemble.combiners import Unfittable, WeightedMean
+from pipeline.ensemble.stacking import fit_stacker
 from pipeline.ensemble.weight_search import cross_fitted, greedy_weights, optimize_weights
+from tests.conftest import compose
 
 GREEDY = dict(steps=20, init=1, bags=1, bag_fraction=0.5, seed=0)
 
@@ -99,10 +104,10 @@ def test_a_search_scored_on_its_own_images_flatters_itself():
     stack, targets = noisy_runs(30, 200, 4, skill=np.zeros(30))
 
     def fit(s, t):
-        return optimize_weights(s, t, "arithmetic")
+        return WeightedMean(optimize_weights(s, t, "arithmetic"), "arithmetic")
 
-    in_sample = log_loss(targets, blend_probs(stack, fit(stack, targets), "arithmetic"))
-    nested = log_loss(targets, cross_fitted(fit, stack, targets, "arithmetic", seed=0))
+    in_sample = log_loss(targets, fit(stack, targets).probs(stack))
+    nested = log_loss(targets, cross_fitted(fit, stack, targets, seed=0))
     assert in_sample < nested
 
 
@@ -110,7 +115,7 @@ def test_cross_fitted_with_fixed_weights_is_the_plain_blend():
     stack, targets = noisy_runs(3, 51, 4, skill=[1, 2, 3])
     weights = np.array([0.2, 0.3, 0.5])
     np.testing.assert_allclose(
-        cross_fitted(lambda s, t: weights, stack, targets, "geometric", seed=3),
+        cross_fitted(lambda s, t: WeightedMean(weights, "geometric"), stack, targets, seed=3),
         blend_probs(stack, weights, "geometric"),
     )
 
@@ -139,9 +144,50 @@ def test_best_puts_all_weight_on_the_run_with_the_lowest_log_loss():
     from pipeline.ensemble.weightings import WEIGHTINGS
 
     stack, targets = noisy_runs(3, 400, 5, skill=[0.5, 3.0, 1.5])
-    best = WEIGHTINGS["best"].build
-    weights = best.fit(stack, targets, [None] * 3, None)
-    assert best.searched and weights.tolist() == [0.0, 1.0, 0.0]
+    best, blend = WEIGHTINGS["best"].build, compose("blend").blend
+    assert best.searched and best.fit(stack, targets, [None] * 3, blend).weights.tolist() == [0.0, 1.0, 0.0]
     # refitted on each half for the nested estimate, it still finds the clearly better run
-    nested = cross_fitted(lambda s, t: best.fit(s, t, [None] * 3, None), stack, targets, "arithmetic", seed=0)
+    nested = cross_fitted(lambda s, t: best.fit(s, t, [None] * 3, blend), stack, targets, seed=0)
     np.testing.assert_allclose(nested, stack[1], rtol=1e-6)
+
+
+def specialists(n_images, seed=0):
+    """Two runs over 4 classes, each right on two of them and on the other two sure of the next class:
+    run 0 knows classes 0 and 1 and calls 2 "3" and 3 "0"; run 1 knows 2 and 3 and calls 0 "1" and 1 "2".
+    Together they name every class (the pair of their answers is unique to it), but a weighted mean of
+    the two sees, on every image, one run for the truth and one run for the class after it."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 4, n_images)
+    says = np.array([[0, 1, 3, 0], [1, 2, 2, 3]])  # [run, true class] -> the class it is sure of
+    logits = rng.normal(scale=0.5, size=(2, n_images, 4))
+    for r in range(2):
+        logits[r, np.arange(n_images), says[r, targets]] += rng.uniform(1.5, 3.0, n_images)
+    return np.exp(logits) / np.exp(logits).sum(-1, keepdims=True), targets
+
+
+def test_stack_learns_what_no_weighted_mean_can():
+    stack, targets = specialists(400)
+    fit = functools.partial(fit_stacker, folds=5, grid=[0.01, 0.1, 1.0, 10.0], seed=0)
+    nested = cross_fitted(fit, stack, targets, seed=0)  # scored only on images it was not fitted on
+    stacked_acc, stacked_loss = (nested.argmax(1) == targets).mean(), log_loss(targets, nested)
+    best_acc, best_loss = 0.0, np.inf
+    for w in np.linspace(0, 1, 101):  # every weighted mean of the two, in-sample: as flattering as it gets
+        for mean in ("arithmetic", "geometric"):
+            probs = blend_probs(stack, np.array([w, 1 - w]), mean)
+            best_acc = max(best_acc, (probs.argmax(1) == targets).mean())
+            best_loss = min(best_loss, log_loss(targets, probs, labels=range(4)))
+    assert stacked_acc > 0.95 and best_acc < 0.8
+    assert stacked_loss < best_loss / 3
+    assert fit(stack, targets).weights is None and "C=" in fit(stack, targets).describe()
+
+
+def test_stack_needs_as_many_images_of_every_class_as_inner_folds():
+    stack, targets = specialists(40)
+    targets[targets == 3] = 2
+    targets[:3] = 3  # class 3: three images, fewer than five inner folds
+    with pytest.raises(Unfittable) as e:
+        fit_stacker(stack, targets, folds=5, grid=[1.0], seed=0)
+    assert str(e.value) == (
+        "1 of 4 classes have fewer than blend.stack.folds=5 of the 40 images it is fitted on (the rarest: 3)"
+    )
+    assert fit_stacker(stack, targets, folds=3, grid=[1.0], seed=0).probs(stack).shape == (40, 4)

@@ -13,6 +13,7 @@ from pipeline.config.apps import (
     DownloadAppConfig,
     KernelsAppConfig,
     PrepareDemoAppConfig,
+    RunsAppConfig,
     SubmitAppConfig,
     TrainAppConfig,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "PathsConfig",
     "PerfConfig",
     "PrepareDemoAppConfig",
+    "RunsAppConfig",
     "SubmitAppConfig",
     "TTAConfig",
     "TrainAppConfig",

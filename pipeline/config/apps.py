@@ -9,10 +9,11 @@ from omegaconf import MISSING
 from pipeline.config.blend import BlendConfig
 from pipeline.config.data import DataConfig
 from pipeline.config.kaggle import DownloadConfig, KaggleConfig, KernelsConfig, SubmitConfig
+from pipeline.config.logger import LoggerConfig
 from pipeline.config.model import ModelConfig
 from pipeline.config.paths import PathsConfig
 from pipeline.config.recipe import LossConfig, OptimizerConfig, ScheduleConfig
-from pipeline.config.tools import BenchConfig, DemoConfig
+from pipeline.config.tools import BenchConfig, DemoConfig, RunsConfig
 from pipeline.config.train import PerfConfig, ProbeConfig, TrainConfig, TTAConfig
 
 
@@ -33,6 +34,7 @@ class TrainAppConfig(AppConfig):
     optimizer: OptimizerConfig = MISSING
     schedule: ScheduleConfig = MISSING
     loss: LossConfig = MISSING
+    logger: LoggerConfig = MISSING  # the logger group (conf/logger/): its option's schema comes with it
     tta: TTAConfig = field(default_factory=TTAConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
@@ -70,6 +72,12 @@ class SubmitAppConfig(AppConfig):
 
 
 @dataclass
+class RunsAppConfig(AppConfig):
+    perf: PerfConfig = field(default_factory=PerfConfig)  # perf.cache_dir: the images' hashes, for staleness
+    runs: RunsConfig = field(default_factory=RunsConfig)
+
+
+@dataclass
 class KernelsAppConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     kaggle: KaggleConfig = field(default_factory=KaggleConfig)
@@ -84,4 +92,5 @@ ROOTS = {  # conf/<file>.yaml's defaults name <file>_schema
     "download": DownloadAppConfig,
     "submit": SubmitAppConfig,
     "kernels": KernelsAppConfig,
+    "runs": RunsAppConfig,
 }

@@ -29,6 +29,13 @@ class DataConfig:
     test_labels: str | None = None
     aux_targets: list[str] = field(default_factory=list)
     aux_weights: dict[str, float] = ranged(allowed=NON_NEGATIVE, default_factory=dict)
+    # Beyond the label folders (pipeline/training/teachers.py, pipeline/data/soft_targets.py): a blend's CSV
+    # whose confident test images join training, and a CSV of training images left out of training.
+    pseudo: str | None = None
+    pseudo_threshold: float = ranged(0.9, Range(0, 1, low_open=True))
+    pseudo_hard: bool = False
+    pseudo_cap_per_class: int = ranged(0, NON_NEGATIVE)
+    exclude: str | None = None
     # The competition's layout inside root and its CSV columns (Paddy's; pipeline/data/layout.py checks them).
     train_dir: str = "train_images"
     test_dir: str = "test_images"

@@ -1,8 +1,10 @@
-"""bench and demo: the benchmark's and the demo data's options (conf/bench.yaml, conf/prepare_demo.yaml)."""
+"""bench, demo and runs: the benchmark's, the demo data's and the runs table's options (conf/bench.yaml,
+conf/prepare_demo.yaml, conf/runs.yaml)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from pipeline.config.ranges import COUNT, NON_NEGATIVE, POSITIVE, ranged
 
@@ -30,3 +32,16 @@ class BenchConfig:
     tta_n: int = ranged(4, COUNT)
     repeats: int = ranged(2, COUNT)
     limit_steps: int = ranged(6, COUNT)
+
+
+class RunsFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+
+
+@dataclass
+class RunsConfig:
+    sort: str = "run"
+    filter: str = "*"
+    format: RunsFormat = RunsFormat.table
+    check_data: bool = True

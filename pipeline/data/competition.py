@@ -38,10 +38,17 @@ class Competition:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     layout: Layout = PADDY
     hash_index: Path | None = None  # where the images' content hashes are kept (data/file_hashes.index_path)
+    # training images data.exclude leaves out of training (data/exclude.py), by image_id; they stay in validation
+    excluded: frozenset[str] = frozenset()
 
     @property
     def test_ids(self) -> list[str]:
         return [f.name for f in self.test_files]
+
+    def image_id(self, path: Path) -> str:
+        """A training image's id: its path under train_dir (label folder/file name), as prediction files'
+        valid_ids, blend files' oof_ids and data.exclude name it."""
+        return str(path.relative_to(self.train_dir))
 
     @property
     def train_dir(self) -> Path:
@@ -73,13 +80,18 @@ class Competition:
         return h.hexdigest()
 
     def fingerprint_for(self, aux_targets: Iterable[str]) -> str:
-        """The fingerprint of what a run reads: the images, and train.csv's bytes when the run has extra
-        targets (an edited variety column retrains it; a run without extra targets ignores train.csv)."""
-        if not list(aux_targets):
-            return self.fingerprint
-        csv = self.train_csv_path
-        digest = hash_file(csv) if csv.is_file() else "missing"  # read_aux_targets refuses a missing one
-        return hashlib.sha256(f"{self.fingerprint}\0{self.layout.train_csv}\0{digest}".encode()).hexdigest()
+        """The fingerprint of what a run reads: the images, train.csv's bytes when the run has extra
+        targets (an edited variety column retrains it; a run without extra targets ignores train.csv), and
+        the training images data.exclude leaves out (another list retrains; none gives the plain fingerprint,
+        so that removing data.exclude finds the runs trained without it)."""
+        found = self.fingerprint
+        if list(aux_targets):
+            csv = self.train_csv_path
+            digest = hash_file(csv) if csv.is_file() else "missing"  # read_aux_targets refuses a missing one
+            found = hashlib.sha256(f"{found}\0{self.layout.train_csv}\0{digest}".encode()).hexdigest()
+        if self.excluded:
+            found = hashlib.sha256("\0".join([found, "exclude", *sorted(self.excluded)]).encode()).hexdigest()
+        return found
 
 
 def stat_fingerprint(files: Iterable[Path]) -> str:
@@ -149,15 +161,8 @@ def _test_files(root: Path, layout: Layout) -> list[Path]:
     return [test_by_name[i] for i in ids]
 
 
-def scan_competition(root: str | Path, layout: Layout = PADDY, *, cache_dir: str | Path | None = None) -> Competition:
-    """Find and check every file training and prediction will need, before anything is trained. With
-    `cache_dir` (perf.cache_dir), the images' content hashes behind the fingerprint are kept there.
-
-    Unreadable training images are skipped with a warning naming each; an unreadable test image
-    stops the scan, since every test row needs a prediction, and so does an image fastai would
-    decode wrongly (see too_deep).
-    """
-    root = Path(root)
+def _check_folders(root: Path, layout: Layout) -> Path:
+    """The data folder and its image folders exist; returns the folder of label folders."""
     if not root.is_dir():
         raise PipelineError(f"data folder {root} does not exist: set data.root to a competition folder")
     train_dir, test_dir = root / layout.train_dir, root / layout.test_dir
@@ -167,6 +172,31 @@ def scan_competition(root: str | Path, layout: Layout = PADDY, *, cache_dir: str
                 f"{d} is missing: data.root must hold {layout.train_dir}/<label>/ and {layout.test_dir}/ "
                 "(data.train_dir, data.test_dir)"
             )
+    return train_dir
+
+
+def listed_competition(root: str | Path, layout: Layout = PADDY, *, cache_dir: str | Path | None = None) -> Competition:
+    """The competition's files as listed, no image opened: enough for its fingerprint (each image's hash
+    is read from the index in `cache_dir` when training already hashed it), to tell prediction files
+    trained on other data (python -m pipeline.runs). Unlike scan_competition it skips no unreadable image,
+    so data with one has another fingerprint here than in training."""
+    root = Path(root)
+    train_files, _ = _train_files(_check_folders(root, layout), layout)
+    hashes = index_path(cache_dir, root) if cache_dir is not None else None
+    vocab = sorted({p.parent.name for p in train_files})
+    return Competition(root, vocab, train_files, _test_files(root, layout), layout=layout, hash_index=hashes)
+
+
+def scan_competition(root: str | Path, layout: Layout = PADDY, *, cache_dir: str | Path | None = None) -> Competition:
+    """Find and check every file training and prediction will need, before anything is trained. With
+    `cache_dir` (perf.cache_dir), the images' content hashes behind the fingerprint are kept there.
+
+    Unreadable training images are skipped with a warning naming each; an unreadable test image
+    stops the scan, since every test row needs a prediction, and so does an image fastai would
+    decode wrongly (see too_deep).
+    """
+    root = Path(root)
+    train_dir = _check_folders(root, layout)
     train_files, n_labels = _train_files(train_dir, layout)
     test_files = _test_files(root, layout)
 

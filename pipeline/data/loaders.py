@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from pipeline.config import PerfConfig
     from pipeline.data.competition import Competition
+    from pipeline.data.soft_targets import SoftTargets
     from pipeline.data.train_csv import AuxTarget
     from pipeline.training.specs import RunSpec
 
@@ -32,36 +33,44 @@ def make_dataloaders(
     device: str,
     perf: PerfConfig,
     aux: Sequence[AuxTarget] = (),
+    soft: SoftTargets | None = None,
 ) -> DataLoaders:
     """fastai DataLoaders over the training images, `valid_idx` (see pipeline.data.splits) held out.
 
     Batches hold the run's micro-batch; GradientAccumulation makes `run.batch_size` one step.
     `perf`: the perf config group; with every switch off this is plain fastai. `aux`: extra targets
-    (pipeline.data.train_csv), each one more category block after the label's."""
-    from fastai.vision.all import CategoryBlock, DataBlock, IndexSplitter, parent_label
+    (pipeline.data.train_csv), each one more category block after the label's. `soft`: pseudo-labelled test
+    images, which join training, and the two probability targets after the categories
+    (pipeline.data.soft_targets). Training images data.exclude names (comp.excluded) train not."""
+    from fastai.vision.all import CategoryBlock, DataBlock, IndexSplitter, TransformBlock, parent_label
 
+    from pipeline.data.soft_targets import run_items
     from pipeline.data.transforms import item_tfms
 
-    n_train = len(comp.train_files) - len(valid_idx)
+    items, valid_idx = run_items(comp, valid_idx, list(soft.pseudo) if soft else [])
+    n_train = len(items) - len(valid_idx)
     if n_train < run.batch_size:
         raise PipelineError(
             f"{n_train} training images are fewer than one batch of {run.batch_size}: lower model.batch_size"
         )
+    label, *probabilities = soft.getters() if soft else [parent_label]
+    get_y = [label, *aux, *probabilities]
     block = DataBlock(
         blocks=(
             image_block(comp, run, perf),
             CategoryBlock(vocab=comp.vocab),
             *(CategoryBlock(vocab=t.vocab) for t in aux),
+            *([TransformBlock, TransformBlock] if soft else []),
         ),
         splitter=IndexSplitter(valid_idx),
-        get_y=[parent_label, *aux] if aux else parent_label,
+        get_y=get_y if len(get_y) > 1 else get_y[0],
         n_inp=1,
         item_tfms=item_tfms(run),
         batch_tfms=augmentations(run, perf),
     )
     workers = loader_workers(num_workers, device, perf)
     kwargs = {} if workers is None else {"num_workers": workers}
-    return block.dataloaders(comp.train_files, bs=run.micro_batch, device=device, **kwargs)
+    return block.dataloaders(items, bs=run.micro_batch, device=device, **kwargs)
 
 
 def image_block(comp: Competition, run: RunSpec, perf: PerfConfig) -> TransformBlock:

@@ -1,9 +1,10 @@
 """Compute a blend from prediction files, writing nothing: members joined, weights chosen, rows aligned
 by image id, figures for the report.
 
-Every weighting the runs allow is computed and scored (config and equal always; greedy and optimize
-when the members share validation images); `blend.weighting` picks the one pipeline.ensemble.writing
-writes to the CSV.
+Every weighting the runs allow is computed and scored (config and equal always; greedy, optimize, best
+and stack when the members share validation images, stack where it can be fitted on them);
+`blend.weighting` picks the one pipeline.ensemble.writing writes to the CSV. Where every member covers
+the training images out of fold, the label review lists the images whose label the blend doubts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,8 @@ import pandas as pd
 from pipeline.config import check_ranges
 from pipeline.data.layout import Layout
 from pipeline.data.submission_csv import accuracy_against, read_sample_submission
-from pipeline.ensemble.arithmetic import as_probs, blend_probs, leave_one_out_accuracy
+from pipeline.ensemble.arithmetic import as_probs, leave_one_out_accuracy
+from pipeline.ensemble.combiners import Combiner, Unfittable
 from pipeline.ensemble.members import Member, ValidationSet, assemble_members, shared_validation, validation_mismatch
 from pipeline.ensemble.weightings import WEIGHTINGS, Weighting
 from pipeline.errors import PipelineError
@@ -75,13 +77,19 @@ def check_test_images(runs: list[Predictions], sample_path: Path, order: list[st
 
 @dataclass
 class Weighted:
-    """One weighting's blend: its weights, and its predictions on the validation and test images."""
+    """One weighting's blend: its fitted combiner, and its predictions on the validation and test images."""
 
-    weights: np.ndarray  # (members,), summing to 1
-    valid_probs: np.ndarray | None  # (valid images, classes), with weights fitted on all of them
-    nested_probs: np.ndarray | None  # the same, each half's rows from weights fitted on the other half
+    combiner: Combiner  # fitted on all the validation images (a weighted mean, or stack's model)
+    valid_probs: np.ndarray | None  # (valid images, classes), from the combiner fitted on all of them
+    nested_probs: np.ndarray | None  # the same, each half's rows from a combiner fitted on the other half
+    test_probs: np.ndarray  # (test images, classes) in the sample submission's order
     test_labels: np.ndarray  # (test images,) in the sample submission's order
     test_acc: float | None  # against the true test labels, where known (the demo)
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        """Per member, summing to 1; None for a learned combiner (stack)."""
+        return self.combiner.weights
 
 
 @dataclass
@@ -100,10 +108,20 @@ class BlendResult:
     run_rows: list[dict[str, Any]]  # per member: weights and figures (run_rows)
     weighting_rows: list[dict[str, Any]]  # per weighting: figures (weighting_rows)
     layout: Layout  # the CSV's id and label columns
+    train_root: Path  # data.root/data.train_dir: where the label review's thumbnails come from
+    # the label review (pipeline.ensemble.review): the training images whose label the blend finds least
+    # likely; None unless every member covers the training images out of fold
+    suspects: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)  # warnings for the report and the terminal
 
     @property
     def chosen(self) -> Weighted:
         return self.weighted[self.weighting]
+
+    @property
+    def out_of_fold(self) -> bool:
+        """Every member is a kfold variant: its validation predictions cover every training image out of fold."""
+        return self.valid is not None and all(m.split == "kfold" for m in self.members)
 
     @property
     def report_path(self) -> Path:
@@ -117,30 +135,67 @@ class BlendResult:
     def record_path(self) -> Path:
         return self.output.with_suffix(self.output.suffix + ".json")
 
+    @property
+    def suspects_path(self) -> Path:
+        return self.output.with_name(self.output.stem + ".suspects.csv")
+
+
+def fitted(
+    rule: Weighting, members: list[Member], valid: ValidationSet | None, test_stack: np.ndarray, blend_cfg: BlendConfig
+) -> tuple[Combiner, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """A weighting's combiner fitted on the validation images, and its (valid, nested, test) probabilities:
+    nested from combiners refitted on each half of the images, where the weighting is searched on them.
+    Raises Unfittable where it cannot be fitted on them (or on a half)."""
+    from pipeline.ensemble.weight_search import cross_fitted
+
+    def fit(stack: np.ndarray | None, targets: np.ndarray | None) -> Combiner:
+        return rule.fit(stack, targets, members, blend_cfg)
+
+    if valid is None:
+        combiner = fit(None, None)
+        return combiner, None, None, combiner.probs(test_stack)
+    combiner = fit(valid.stack, valid.targets)
+    valid_probs = combiner.probs(valid.stack)
+    nested = cross_fitted(fit, valid.stack, valid.targets, blend_cfg.seed) if rule.searched else valid_probs
+    return combiner, valid_probs, nested, combiner.probs(test_stack)
+
 
 def weigh(
-    members: list[Member], valid: ValidationSet | None, blend_cfg: BlendConfig
-) -> dict[str, tuple[np.ndarray, Any]]:
-    """Weights of every weighting the members allow (the searched ones only where they share validation
-    images), each with the function that refits it on a subset of the validation images (None where
-    nothing is fitted), for the nested estimate."""
-    out: dict[str, tuple[np.ndarray, Any]] = {}
+    members: list[Member], valid: ValidationSet | None, cfg: BlendAppConfig, order: list[str], layout: Layout
+) -> tuple[dict[str, Weighted], list[str]]:
+    """Every weighting the members allow (the searched ones only where they share validation images),
+    fitted and scored; and a note for each that could not be fitted. The chosen one that cannot be
+    fitted stops the blend with one line."""
+    vocab, weighting = np.array(members[0].runs[0].vocab), str(cfg.blend.weighting)
+    test_stack = np.stack([m.test_probs for m in members])
+    test_labels = cfg.data.get("test_labels")
+    truth = test_labels if test_labels and Path(test_labels).is_file() else None
+    weighted, notes = {}, []
     for entry in WEIGHTINGS.entries():
         if entry.build.searched and valid is None:
             continue
-
-        def fit(stack: np.ndarray, targets: np.ndarray, rule: Weighting = entry.build) -> np.ndarray:
-            weights = rule.fit(stack, targets, members, blend_cfg)
-            return weights / weights.sum()
-
-        stack, targets = (valid.stack, valid.targets) if valid is not None else (None, None)
-        out[entry.name] = (fit(stack, targets), fit if entry.build.searched else None)
-    return out
+        try:
+            combiner, valid_probs, nested, test_probs = fitted(entry.build, members, valid, test_stack, cfg.blend)
+        except Unfittable as e:
+            if entry.name == weighting:
+                raise PipelineError(
+                    f"blend.weighting={weighting} cannot be fitted: {e} (the nested estimate fits it on each half "
+                    "of the validation images): blend runs validated on more images per class (data.split=kfold: "
+                    "every training image, out of fold) or choose another blend.weighting"
+                ) from None
+            notes.append(f"{entry.name} is left out of the comparison: it cannot be fitted: {e}")
+            continue
+        labels = vocab[test_probs.argmax(1)]
+        submitted = pd.DataFrame({layout.id_column: order, layout.label_column: labels})
+        test_acc = None if truth is None else accuracy_against(submitted, truth, layout)
+        weighted[entry.name] = Weighted(combiner, valid_probs, nested, test_probs, labels, test_acc)
+    return weighted, notes
 
 
 def compute_blend(cfg: BlendAppConfig) -> BlendResult:
     """The blend of the selected prediction files under every weighting they allow; writes nothing."""
-    from pipeline.ensemble.weight_search import cross_fitted
+    from pipeline.ensemble.review import suspects
+    from pipeline.ensemble.teachers import teacher_warnings
 
     check_ranges(cfg)
     WEIGHTINGS[cfg.blend.weighting]  # an unknown name: one line listing the known ones, before any file is read
@@ -167,23 +222,9 @@ def compute_blend(cfg: BlendAppConfig) -> BlendResult:
     if mismatch:
         log.warning("no blend validation figures: %s", mismatch)
     valid = None if mismatch else shared_validation(members)
-
-    vocab = np.array(runs[0].vocab)
-    test_stack = np.stack([m.test_probs for m in members])
-    test_labels = cfg.data.get("test_labels")
-    truth = test_labels if test_labels and Path(test_labels).is_file() else None
-    weighted = {}
-    for name, (weights, fit) in weigh(members, valid, cfg.blend).items():
-        labels = vocab[blend_probs(test_stack, weights, mean).argmax(1)]
-        valid_probs = None if valid is None else blend_probs(valid.stack, weights, mean)
-        nested = valid_probs if fit is None else cross_fitted(fit, valid.stack, valid.targets, mean, cfg.blend.seed)
-        submitted = pd.DataFrame({layout.id_column: order, layout.label_column: labels})
-        test_acc = None if truth is None else accuracy_against(submitted, truth, layout)
-        weighted[name] = Weighted(weights, valid_probs, nested, labels, test_acc)
-
-    rows = run_rows(members, weighted, weighting, valid, mean, len(vocab))
-    weights_rows = weighting_rows(weighted, weighting, valid, len(vocab))
-    return BlendResult(
+    weighted, notes = weigh(members, valid, cfg, order, layout)
+    vocab = list(runs[0].vocab)
+    result = BlendResult(
         Path(cfg.blend.output),
         sample_path,
         order,
@@ -192,11 +233,18 @@ def compute_blend(cfg: BlendAppConfig) -> BlendResult:
         mean,
         weighted,
         valid,
-        list(vocab),
-        rows,
-        weights_rows,
+        vocab,
+        run_rows(members, weighted, weighting, valid, mean, len(vocab)),
+        weighting_rows(weighted, weighting, valid, len(vocab), len(members)),
         layout,
+        Path(cfg.data.root) / layout.train_dir,
+        notes=notes + teacher_warnings(members),
     )
+    if result.out_of_fold and cfg.blend.review.top > 0:
+        result.suspects = suspects(valid.ids, valid.targets, result.chosen.nested_probs, vocab, cfg.blend.review.top)
+    for note in result.notes:
+        log.warning("%s", note)
+    return result
 
 
 def _scores(targets: np.ndarray, probs: np.ndarray | None, n_classes: int) -> tuple[float | None, float | None]:
@@ -218,14 +266,17 @@ def run_rows(
     mean: str,
     n_classes: int,
 ) -> list[dict[str, Any]]:
-    """Per member: its training recipe, its weight under each weighting, validation accuracy and log loss
-    with and without TTA (on its own validation images; out-of-fold for a kfold variant), its extra
-    targets' validation error (mean over folds), and what the chosen blend loses without it (where the
-    members share validation images)."""
+    """Per member: its training recipe, its weight under each weighting (None for a learned combiner),
+    validation accuracy and log loss with and without TTA (on its own validation images; out-of-fold for a
+    kfold variant), its extra targets' validation error (mean over folds), its inference speed, the blend it
+    learned from, and what the chosen blend loses without it (where the members share validation images and
+    the chosen blend is a weighted mean)."""
+    from pipeline.ensemble.teachers import teacher_mark
+
     chosen = weighted[weighting]
     without = (
         leave_one_out_accuracy(valid.stack, chosen.weights, valid.targets, mean)
-        if valid is not None
+        if valid is not None and chosen.weights is not None
         else [math.nan] * len(members)
     )
     blend_acc, _ = _scores(valid.targets, chosen.valid_probs, n_classes) if valid is not None else (None, None)
@@ -239,17 +290,37 @@ def run_rows(
                 "run": m.name,
                 "split": m.split + (f" x{len(m.runs)}" if len(m.runs) > 1 else ""),
                 **recipe_summary(m.runs[0]),
-                **{f"w {name}": float(w.weights[i]) for name, w in weighted.items()},
+                "teacher": teacher_mark(m.runs),
+                **{f"w {name}": None if w.weights is None else float(w.weights[i]) for name, w in weighted.items()},
                 "acc TTA": acc,
                 "log loss TTA": loss,
                 "acc no TTA": acc_plain,
                 "log loss no TTA": loss_plain,
                 "aux err": aux_errors(m.runs),
+                "TTA n": (m.runs[0].config.get("tta") or {}).get("n"),
+                "img/s": images_per_second(m.runs),
                 "blend acc without it": left_out,
                 "it adds": None if left_out is None else blend_acc - left_out,
             }
         )
     return rows
+
+
+def images_per_second(runs: list[Predictions]) -> float | None:
+    """A member's inference speed at its TTA setting: images a second through all its runs in turn (a kfold
+    variant predicts each test image with each fold's model), from each run's TTA time over the test and
+    validation images it predicted (timings["tta_s"], on the device it ran on); None where a run lacks it."""
+    seconds = [r.timings.get("tta_s") for r in runs]
+    if not all(seconds):
+        return None
+    return 1 / sum(s / (len(r.test_ids) + len(r.valid_ids)) for s, r in zip(seconds, runs, strict=True))
+
+
+def blend_images_per_second(rows: list[dict[str, Any]], weights: np.ndarray | None) -> float | None:
+    """The written blend's speed: every member it uses (weight above 0; all of them for a learned
+    combiner), each in turn; None where one lacks its timings."""
+    used = [r["img/s"] for i, r in enumerate(rows) if weights is None or weights[i] > 0]
+    return None if None in used else 1 / sum(1 / s for s in used)
 
 
 def aux_errors(runs: list[Predictions]) -> str:
@@ -260,10 +331,10 @@ def aux_errors(runs: list[Predictions]) -> str:
 
 
 def weighting_rows(
-    weighted: dict[str, Weighted], weighting: str, valid: ValidationSet | None, n_classes: int
+    weighted: dict[str, Weighted], weighting: str, valid: ValidationSet | None, n_classes: int, n_members: int
 ) -> list[dict[str, Any]]:
     """Per weighting: validation figures (in-sample: flattering for a searched weighting), the nested
-    estimate (weights fitted on one half, scored on the other, swapped) and the test accuracy."""
+    estimate (fitted on one half, scored on the other, swapped), the test accuracy and what was fitted."""
     targets = None if valid is None else valid.targets
     rows = []
     for name, w in weighted.items():
@@ -277,7 +348,8 @@ def weighting_rows(
                 "nested acc": nested_acc,
                 "nested log loss": nested_loss,
                 "test acc": w.test_acc,
-                "runs used": int((w.weights > 0).sum()),
+                "runs used": n_members if w.weights is None else int((w.weights > 0).sum()),
+                "fit": w.combiner.describe(),
             }
         )
     return rows

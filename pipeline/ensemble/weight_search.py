@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.ensemble.arithmetic import EPS, blend_probs, chunks, log_probs, softmax
+from pipeline.ensemble.arithmetic import EPS, chunks, log_probs, softmax
+from pipeline.ensemble.combiners import Combiner
 from pipeline.errors import PipelineError
 
-Fit = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (stack, targets) -> weights
+CombinerFit = Callable[[np.ndarray, np.ndarray], Combiner]  # (stack, targets) -> a fitted combiner
 
 
 def _logsumexp(z: np.ndarray) -> np.ndarray:
@@ -127,10 +128,10 @@ def optimize_weights(stack: np.ndarray, targets: np.ndarray, mean: str) -> np.nd
     return result.x / result.x.sum()
 
 
-def cross_fitted(fit: Fit, stack: np.ndarray, targets: np.ndarray, mean: str, seed: int) -> np.ndarray:
-    """The blend's probabilities for every validation image, each from weights fitted on the other
-    half of the images (halves drawn with `seed`, then swapped): scoring these is a nested estimate,
-    free of the flattery of scoring weights on the images they were fitted on."""
+def cross_fitted(fit: CombinerFit, stack: np.ndarray, targets: np.ndarray, seed: int) -> np.ndarray:
+    """The blend's probabilities for every validation image, each from a combiner (weights, or stack's
+    model) fitted on the other half of the images (halves drawn with `seed`, then swapped): scoring these
+    is a nested estimate, free of the flattery of scoring a fit on the images it was fitted on."""
     n = len(targets)
     if n < 2:
         raise PipelineError(f"{n} validation image(s) cannot be halved for a nested estimate")
@@ -138,5 +139,5 @@ def cross_fitted(fit: Fit, stack: np.ndarray, targets: np.ndarray, mean: str, se
     halves = (order[: n // 2], order[n // 2 :])
     out = np.empty((n, stack.shape[2]))
     for fit_on, score_on in (halves, halves[::-1]):
-        out[score_on] = blend_probs(stack[:, score_on], fit(stack[:, fit_on], targets[fit_on]), mean)
+        out[score_on] = fit(stack[:, fit_on], targets[fit_on]).probs(stack[:, score_on])
     return out

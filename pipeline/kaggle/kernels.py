@@ -131,6 +131,11 @@ def plan(job: Job, opts: Any, comps: dict[str, Competition]) -> Notebook:
                 f"python -m pipeline.download)"
             ) from None
     kcfg = kaggle_config(cfg, opts.time_budget_h)
+    if local := [k for k in ("loss.teacher", "data.pseudo", "data.exclude") if OmegaConf.select(cfg, k)]:
+        raise PipelineError(
+            f"{', '.join(local)} name files here, which a Kaggle notebook cannot read: train students, "
+            "pseudo-labelled and cleaned runs here (hydra/launcher=local, gpus or slurm)"
+        )
     runs = resolve_runs(kcfg)
     for run in runs:
         check_arch(run.arch)  # a typo costs no Kaggle session

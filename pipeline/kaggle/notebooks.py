@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from pipeline.config import PathsConfig
 from pipeline.kaggle.code_dataset import CodeDataset
+from pipeline.training.loggers import LOGGERS
 from pipeline.training.recipe import GROUPS
 
 if TYPE_CHECKING:
@@ -30,11 +31,14 @@ INPUT = "/kaggle/input"
 
 def kaggle_config(cfg: TrainAppConfig, time_budget_h: float) -> TrainAppConfig:
     """The job's config as it runs in the notebook: data.root on Kaggle's read-only input, every path
-    under the working folder (the notebook script sets paths.outputs), and a time budget. What shapes
-    the predictions is left as composed here, so its runs have the same run hashes as here."""
+    under the working folder (the notebook script sets paths.outputs), a time budget, and logger=csv for a
+    tracker's logger (its package is not in the notebook; each run's history comes home in its prediction
+    file). What shapes the predictions is left as composed here, so its runs have the same run hashes as here."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
     out.paths = OmegaConf.structured(PathsConfig)
     out.data.root = f"{INPUT}/{cfg.data.competition}"
+    if out.logger.name in ("mlflow", "tensorboard"):  # no tracker there: histories come home in prediction files
+        out.logger = {"name": "csv", "dir": None}
     if out.train.get("time_budget_h") is None:
         out.train.time_budget_h = time_budget_h
     return out
@@ -42,9 +46,10 @@ def kaggle_config(cfg: TrainAppConfig, time_budget_h: float) -> TrainAppConfig:
 
 def config_yaml(cfg: TrainAppConfig) -> str:
     """A primary config for `pipeline.train --config-path DIR --config-name config`: the composed job
-    on top of the schema and its recipe options' schemas (e.g. optimizer/adam_schema, which has the
-    `mom` that the base OptimizerConfig lacks), so that it is type-checked there as here."""
-    schemas = [f"  - {group}: {cfg[group].name}_schema" for group, known in GROUPS.items() if cfg[group].name in known]
+    on top of the schema and its recipe options' and logger's schemas (e.g. optimizer/adam_schema, which has
+    the `mom` that the base OptimizerConfig lacks), so that it is type-checked there as here."""
+    groups = GROUPS | {"logger": LOGGERS}
+    schemas = [f"  - {group}: {cfg[group].name}_schema" for group, known in groups.items() if cfg[group].name in known]
     return "\n".join(["defaults:", "  - train_schema", *schemas, "  - _self_", "", OmegaConf.to_yaml(cfg)])
 
 

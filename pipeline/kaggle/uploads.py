@@ -54,8 +54,10 @@ def blend_record(csv: Path) -> dict[str, Any] | None:
 
 
 def runs_text(record: dict[str, Any] | None) -> str:
-    """'vit_a x2, convnext x1': the runs and weights that made a blend."""
-    return ", ".join(f"{r['run']} x{r['weight']:g}" for r in (record or {}).get("runs", []))
+    """'vit_a x2, convnext x1': the runs and weights that made a blend ('vit_a (stacked)' for a learned
+    combiner, which has no weights)."""
+    runs = (record or {}).get("runs", [])
+    return ", ".join(f"{r['run']} " + ("(stacked)" if r["weight"] is None else f"x{r['weight']:g}") for r in runs)
 
 
 def label_vocab(train: Path, record: dict[str, Any] | None, csv: Path) -> list[str]:

@@ -1,5 +1,6 @@
 """The recipe's fastai callbacks that fastai does not ship as a run needs them: weight averaging, and
-MixUp and CutMix for batches with several targets (pipeline.training.recipe chooses them).
+MixUp and CutMix for batches with several targets, probability targets among them (pipeline.training.recipe
+chooses them).
 
 Imported only when a run asks for one of them: it imports fastai and timm at the top.
 """
@@ -68,9 +69,19 @@ class WeightAverage(Callback):
         self.steps = int(state["steps"])
 
 
+def mix_probabilities(cb: MixUp | CutMix, weight: torch.Tensor) -> None:
+    """Probability targets (pseudo-labels, a teacher's: float, after the categories) mixed as the images
+    are, in both of MixUp's target sets: the loss, mixed over the categories by fastai, then sees the mixed
+    probabilities on either side (the label's part is linear in them, the KL term is not)."""
+    mixed = [torch.lerp(y1, y, weight) if y.is_floating_point() else None for y1, y in zip(cb.yb1, cb.yb, strict=True)]
+    cb.learn.yb = tuple(y if m is None else m for y, m in zip(cb.yb, mixed, strict=True))
+    cb.yb1 = tuple(y1 if m is None else m for y1, m in zip(cb.yb1, mixed, strict=True))
+
+
 class MixUpTargets(MixUp):
     """fastai's MixUp for batches with several targets (lesson 7's disease and variety): fastai 2.8 takes
-    the batch size from a single target. Same draws; every target's loss is mixed (the loss has y_int)."""
+    the batch size from a single target. Same draws; every target's loss is mixed (the loss has y_int), and
+    probability targets are mixed themselves (mix_probabilities)."""
 
     def before_batch(self) -> None:
         bs = find_bs(self.yb)
@@ -80,10 +91,12 @@ class MixUpTargets(MixUp):
         xb1, self.yb1 = tuple(L(self.xb).itemgot(shuffle)), tuple(L(self.yb).itemgot(shuffle))
         weight = unsqueeze(self.lam, n=len(self.x.size()) - 1)
         self.learn.xb = tuple(L(xb1, self.xb).map_zip(torch.lerp, weight=weight))
+        mix_probabilities(self, self.lam[:, None])
 
 
 class CutMixTargets(CutMix):
-    """fastai's CutMix for batches with several targets: fastai 2.8 shuffles only a single target."""
+    """fastai's CutMix for batches with several targets: fastai 2.8 shuffles only a single target.
+    Probability targets are mixed by the pasted area (mix_probabilities)."""
 
     def before_batch(self) -> None:
         _, _, height, width = self.x.size()
@@ -93,3 +106,4 @@ class CutMixTargets(CutMix):
         x1, y1, x2, y2 = self.rand_bbox(width, height, self.lam)
         self.learn.xb[0][..., y1:y2, x1:x2] = xb1[..., y1:y2, x1:x2]
         self.lam = 1 - ((x2 - x1) * (y2 - y1)) / float(width * height)
+        mix_probabilities(self, self.lam)

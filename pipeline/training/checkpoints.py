@@ -80,7 +80,8 @@ class RunCheckpoint:
                     if (states := found[0].with_suffix(".callbacks.pth")).is_file():
                         kept = torch.load(states, map_location=self.dls.device, weights_only=True)
                         for name, cb in self.stateful().items():
-                            cb.restore_checkpoint_state(kept[name])
+                            if name in kept:  # a checkpoint from before the callback kept a state
+                                cb.restore_checkpoint_state(kept[name])
                     self.saved = found[1]
 
             def after_epoch(self) -> None:

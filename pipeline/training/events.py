@@ -5,9 +5,12 @@ Each event calls its listeners with keyword arguments; a listener names the ones
 `**_` for the rest, so that a field added later breaks none:
 
   started      run, run_hash, path: the run starts training (its lock taken), to write the prediction file `path`
-  epoch_ended  run, fit, epoch, train_loss, valid_loss, metrics, seconds: an epoch of the run ended. `fit`:
-               which of the run's fits (0-based: fine_tune's frozen stage is fit 0), `epoch`: 0-based in
-               that fit, `metrics`: the recorder's metrics by name (error_rate, ...)
+  epoch_ended  run, fit, epoch, step, frozen, train_loss, valid_loss, metrics, lr, seconds, history: an epoch
+               of the run ended (after its checkpoint). `fit`: which of the run's fits (0-based: fine_tune's
+               frozen stage is fit 0), `epoch`: 0-based in that fit, `step`: 0-based over the run's fits,
+               `frozen`: the body was frozen, `metrics`: the recorder's metrics by name (error_rate, ...),
+               `lr`: the head's mean learning rate in the epoch, `history`: the run's records so far
+               (pipeline.training.history), a resumed run's earlier epochs included, this one last
   finished     run, preds, path: the run's Predictions were saved to `path`
   skipped      run, preds, path: `path` already holds the Predictions of this run (same run hash)
   failed       run, error: the run failed with the exception `error`; the job goes on with its next run
@@ -21,7 +24,6 @@ logged as a warning: it never fails a run.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -41,12 +43,6 @@ Listener = Callable[..., object]
 
 def _name(listener: Listener) -> str:
     return getattr(listener, "__qualname__", None) or repr(listener)
-
-
-def _recorded(recorder: Any) -> dict[str, float | None]:
-    """The values fastai's Recorder logged for the epoch that just ended, by name (no epoch number, no time)."""
-    names = [n for n in recorder.metric_names if n not in ("epoch", "time")]
-    return {n: None if v is None else float(v) for n, v in zip(names, recorder.values[-1], strict=False)}
 
 
 class RunEvents:
@@ -80,10 +76,10 @@ class RunEvents:
             except Exception as e:  # outside code: a tracker's hiccup must not cost a run hours of training
                 log.warning("run event %s: listener %s raised %s; the run goes on", event, _name(listener), one_line(e))
 
-    def epoch_callback(self, run: RunSpec) -> Callback:
-        """A fastai callback firing `epoch_ended` after each epoch that trained, with the recorder's values:
-        after the Recorder (50) and the epoch's checkpoint (60), before the time budget (70) may end the fit.
-        Fits are counted from when it joins the Learner, as the checkpoint and the time budget count them."""
+    def epoch_callback(self, run: RunSpec, history: Callback) -> Callback:
+        """A fastai callback firing `epoch_ended` after each epoch that trained, with its record from the
+        run's `history` callback (pipeline.training.history): after the Recorder (50), the history (55) and
+        the epoch's checkpoint (60), before the time budget (70) may end the fit."""
         from fastai.callback.core import Callback
 
         events = self
@@ -91,35 +87,29 @@ class RunEvents:
         class EpochEvents(Callback):
             order = 65
 
-            def before_fit(self) -> None:
-                self.fit_index = getattr(self, "fit_index", -1) + 1
-
-            def before_epoch(self) -> None:
-                self.started, self.trained = time.perf_counter(), False
-
-            def after_train(self) -> None:
-                self.trained = True
-
             def after_epoch(self) -> None:
-                # no training phase: an epoch a resumed fit skips (SkipToEpoch), or get_preds and validate,
-                # which fastai wraps in before_epoch and after_epoch too
-                if not self.trained:
+                if (record := history.fresh) is None:  # an epoch that trained nothing (skipped, get_preds)
                     return
-                values = _recorded(self.recorder)
-                train_loss, valid_loss = values.pop("train_loss", None), values.pop("valid_loss", None)
-                seconds = time.perf_counter() - self.started
+                metrics = {k: v for k, v in record.items() if k not in _NOT_METRICS}
                 events.emit(
                     "epoch_ended",
                     run=run,
-                    fit=self.fit_index,
-                    epoch=self.epoch,
-                    train_loss=train_loss,
-                    valid_loss=valid_loss,
-                    metrics=values,
-                    seconds=seconds,
+                    fit=record["fit"],
+                    epoch=record["epoch"],
+                    step=record["step"],
+                    frozen=record["frozen"],
+                    train_loss=record.get("train_loss"),
+                    valid_loss=record.get("valid_loss"),
+                    metrics=metrics,
+                    lr=record["lr"],
+                    seconds=record["seconds"],
+                    history=[dict(r) for r in history.records],
                 )
 
         return EpochEvents()
+
+
+_NOT_METRICS = ("fit", "epoch", "step", "frozen", "train_loss", "valid_loss", "lr", "seconds")
 
 
 PROCESS = RunEvents()  # the listeners code subscribed: every job this process runs calls them
@@ -131,9 +121,10 @@ def subscribe(event: str, listener: Listener) -> Callable[[], None]:
     return PROCESS.subscribe(event, listener)
 
 
-def job_events(hooks: Iterable[Any]) -> RunEvents:
+def job_events(hooks: Iterable[Any], loggers: Iterable[object] = ()) -> RunEvents:
     """A job's events: the process's listeners, then the job's train.hooks, made once per job, so that a
-    hook's state (a tracker's connection) spans the job's runs."""
+    hook's state (a tracker's connection) spans the job's runs, then its loggers (logger=NAME, made by
+    pipeline.training.loggers.job_loggers)."""
     from hydra.utils import instantiate
 
     events = RunEvents()
@@ -145,4 +136,6 @@ def job_events(hooks: Iterable[Any]) -> RunEvents:
         except Exception as e:
             raise PipelineError(f"train.hooks: cannot make {hook.get('_target_')}: {one_line(e)}") from None
         events.attach(made)
+    for logger in loggers:
+        events.attach(logger)
     return events

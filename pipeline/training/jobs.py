@@ -27,6 +27,7 @@ from typing import Any
 
 from pipeline.config import check_ranges
 from pipeline.data.competition import Competition, scan_competition
+from pipeline.data.exclude import excluding
 from pipeline.data.layout import Layout
 from pipeline.data.splits import check_training_batch
 from pipeline.data.train_csv import read_aux_targets
@@ -38,10 +39,12 @@ from pipeline.training import distributed
 from pipeline.training.checkpoints import RunCheckpoint
 from pipeline.training.distributed import rank0_first, shared
 from pipeline.training.events import RunEvents, job_events
+from pipeline.training.loggers import job_loggers
 from pipeline.training.provenance import run_hash
 from pipeline.training.recipe import recipe_columns
 from pipeline.training.run import free_memory, train_run
 from pipeline.training.specs import RunSpec, chosen_model, resolve_runs
+from pipeline.training.teachers import Teachers, blend_hashes, load_teachers
 from pipeline.training.time_budget import TimeBudget, TimeBudgetSpent
 
 log = logging.getLogger(__name__)
@@ -127,13 +130,16 @@ def probed_accums(cfg: Any) -> dict[str, int]:
 
 
 def open_job(cfg: Any, runs: list[RunSpec], budget: TimeBudget) -> TrainingJob:
-    """What the job's runs share: the checked competition, the device and the job's event listeners."""
+    """What the job's runs share: the checked competition (less data.exclude's images in training), the blends
+    they learn from (training/teachers), the device and the job's event listeners."""
     from pipeline.training.learner import pick_device
 
     # rank 0 first: it alone writes the file hashes' index, the other ranks read it
     layout = Layout.from_config(cfg.data)
     comp = rank0_first(lambda: scan_competition(cfg.data.root, layout, cache_dir=cfg.perf.cache_dir))
+    comp = excluding(comp, cfg.data.get("exclude"))
     read_aux_targets(comp, runs[0].recipe.aux_targets)  # a bad train.csv fails here, before any run trains
+    teachers = load_teachers(cfg, comp)  # so does a blend the runs cannot learn from
     for run in runs:  # a split too large for one batch fails here, not after the image cache is built
         check_training_batch(len(comp.train_files), cfg.data.split, cfg.data.valid_pct, cfg.data.folds, run.batch_size)
     device = pick_device(cfg.train.device)
@@ -147,9 +153,9 @@ def open_job(cfg: Any, runs: list[RunSpec], budget: TimeBudget) -> TrainingJob:
         len(comp.vocab),
         len(comp.test_files),
     )
-    # the listeners (trackers, pseudo-labelling) hear each run once, from rank 0
-    events = job_events(cfg.train.hooks) if distributed.WORLD.main else RunEvents()
-    return TrainingJob(cfg, comp, device, budget, events)
+    # the listeners (trackers, loggers, pseudo-labelling) hear each run once, from rank 0
+    events = job_events(cfg.train.hooks, job_loggers(cfg)) if distributed.WORLD.main else RunEvents()
+    return TrainingJob(cfg, comp, device, budget, events, teachers)
 
 
 def raise_unless_all_done(results: list[RunResult], budget: TimeBudget) -> None:
@@ -185,6 +191,7 @@ class TrainingJob:
     device: str
     budget: TimeBudget
     events: RunEvents
+    teachers: Teachers
 
     def check(self, run: RunSpec) -> RunResult | Pending:
         """Skip a run already trained with this config; fail one whose weights cannot load now, not hours
@@ -192,9 +199,9 @@ class TrainingJob:
         from pipeline.training.pretrained import timm_kwargs
 
         data = self.comp.fingerprint_for(run.recipe.aux_targets)
-        identity = run_hash(run, self.cfg.data, self.cfg.tta, data)
+        identity = run_hash(run, self.cfg.data, self.cfg.tta, data, self.teachers.hashes)
         path = Path(self.cfg.paths.preds) / f"{run.name}.pt"
-        if not self.cfg.train.force and (done := finished_on_rank0(path, identity, data)):
+        if not self.cfg.train.force and (done := finished_on_rank0(path, identity, data, self.teachers.hashes)):
             log.info(
                 "run %s: already trained with this config (%s): skipped; train.force=true retrains", run.name, path
             )
@@ -227,7 +234,8 @@ class TrainingJob:
                 log.warning("run %s: another job is training it (%s is held): skipped here", run.name, lock)
                 return RunResult(run, "busy", error=f"trained by another job ({lock} is held)")
             data = self.comp.fingerprint_for(run.recipe.aux_targets)
-            if not self.cfg.train.force and (done := finished_on_rank0(path, todo.identity, data)):
+            done = None if self.cfg.train.force else finished_on_rank0(path, todo.identity, data, self.teachers.hashes)
+            if done:
                 log.info("run %s: trained by another job meanwhile (%s): skipped", run.name, path)
                 self.events.emit("skipped", run=run, preds=done, path=path)
                 return RunResult(run, "skipped", path, done.metrics["valid_error"], done.metrics["valid_error_tta"])
@@ -268,7 +276,9 @@ class TrainingJob:
         cfg, run, retries = self.cfg, todo.run, self.cfg.train.oom_retries
         for attempt in range(retries + 1):
             try:
-                return train_run(cfg, self.comp, run, self.device, todo.timm_kwargs, ckpt, self.budget, self.events)
+                return train_run(
+                    cfg, self.comp, run, self.device, todo.timm_kwargs, ckpt, self.budget, self.events, self.teachers
+                )
             except torch.OutOfMemoryError:
                 free_memory(self.device)
                 # under DDP every rank would have to retry at once: the rank's failure names what to do
@@ -331,8 +341,11 @@ def log_start(run: RunSpec, identity: str) -> None:
     )
 
 
-def finished(path: Path, identity: str, data_fingerprint: str) -> Predictions | None:
-    """The run's prediction file, if it exists and was made by the same run on the same data."""
+def finished(
+    path: Path, identity: str, data_fingerprint: str, teachers: dict[str, str] | None = None
+) -> Predictions | None:
+    """The run's prediction file, if it exists and was made by the same run on the same data (and from the
+    same blends, `teachers`: Teachers.hashes)."""
     if not path.is_file():
         return None
     try:
@@ -342,7 +355,13 @@ def finished(path: Path, identity: str, data_fingerprint: str) -> Predictions | 
         return None
     if preds.run_hash != identity:
         if preds.environment.get("data_fingerprint", data_fingerprint) != data_fingerprint:
-            log.info("%s was trained on other data (images or train.csv changed, added or removed): retraining", path)
+            log.info(
+                "%s was trained on other data (images, train.csv or data.exclude changed, added or removed): "
+                "retraining",
+                path,
+            )
+        elif teachers is not None and blend_hashes(preds.teacher) != teachers:
+            log.info("%s learned from another blend (loss.teacher or data.pseudo changed): retraining", path)
         else:
             log.info(
                 "%s was trained with another config (run hash %s, now %s): retraining", path, preds.run_hash, identity
@@ -351,9 +370,11 @@ def finished(path: Path, identity: str, data_fingerprint: str) -> Predictions | 
     return preds
 
 
-def finished_on_rank0(path: Path, identity: str, data_fingerprint: str) -> Predictions | None:
+def finished_on_rank0(
+    path: Path, identity: str, data_fingerprint: str, teachers: dict[str, str] | None = None
+) -> Predictions | None:
     """`finished` as rank 0 finds it: every rank of a group must skip or train the run alike."""
-    done = finished(path, identity, data_fingerprint)
+    done = finished(path, identity, data_fingerprint, teachers)
     if shared(lambda: done is not None):
         return done or load(path)
     return None

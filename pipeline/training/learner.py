@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from fastai.learner import Learner
 
     from pipeline.data.competition import Competition
+    from pipeline.data.soft_targets import SoftTargets
     from pipeline.data.train_csv import AuxTarget
 
 
@@ -54,25 +55,28 @@ def build_learner(
     cbs: list[Callback],
     channels_last: bool = False,
     aux: Sequence[AuxTarget] = (),
+    soft: bool = False,
 ) -> Learner:
     """vision_learner on the timm architecture; GradientAccumulation counts samples, so the optimizer
     steps once per `run.batch_size` images whatever the micro-batch is. `channels_last`: fastai's
     ChannelsLast callback, without the fp16 it adds by default (use_channels_last decides per device).
     The recipe's optimizer is the opt_func, its loss the loss_func (summed over the targets when the
-    data has extra targets `aux`, pipeline.training.targets), its MixUp/CutMix and weight average callbacks.
+    data has extra targets `aux`, pipeline.training.targets; on probability targets with `soft`), its
+    MixUp/CutMix and weight average callbacks.
     Schedules other than fine_tune train every layer from the start: the body is unfrozen here."""
     from fastai.callback.training import GradientAccumulation
     from fastai.vision.learner import vision_learner
 
+    from pipeline.training.history import interactive, plain_progress
     from pipeline.training.optimizers import opt_func
     from pipeline.training.recipe import recipe_callbacks
     from pipeline.training.schedules import fine_tunes
 
-    sizes, loss_func, metrics = loss_and_metrics(dls, run, aux)
+    sizes, loss_func, metrics = loss_and_metrics(dls, run, aux, soft)
     callbacks = [
         GradientAccumulation(run.batch_size),
         stop_on_nonfinite_loss(),
-        *recipe_callbacks(run.recipe, 1 + len(aux)),
+        *recipe_callbacks(run.recipe, 1 + len(aux) + 2 * soft),
     ]
     learn = vision_learner(
         dls,
@@ -86,6 +90,8 @@ def build_learner(
         **timm_kwargs,
     )
     pool_channels_first(learn)
+    if not interactive():  # a log file, SLURM, Kaggle: one line per epoch, no progress-bar redraws
+        plain_progress(learn)
     if not fine_tunes(run):
         learn.unfreeze()
     if channels_last:
@@ -96,19 +102,25 @@ def build_learner(
     return learn.to_fp16() if device == "cuda" else learn
 
 
-def loss_and_metrics(dls: DataLoaders, run: RunSpec, aux: Sequence[AuxTarget]) -> tuple[list[int] | None, Any, Any]:
+def loss_and_metrics(
+    dls: DataLoaders, run: RunSpec, aux: Sequence[AuxTarget], soft: bool = False
+) -> tuple[list[int] | None, Any, Any]:
     """The output sizes (None: the label's alone, fastai's default head), loss and metrics: the recipe's loss
-    and error_rate, or with extra targets `aux` their multi-target versions, one slice of the output per target."""
+    and error_rate, or with extra targets `aux` or probability targets (`soft`, pipeline.data.soft_targets)
+    their multi-target versions, one slice of the output per target, the probabilities going to the label's."""
     from fastai.metrics import error_rate
 
     from pipeline.data.train_csv import target_sizes
     from pipeline.training.losses import base_loss
     from pipeline.training.targets import MultiTargetLoss, error_rates
 
-    if not aux:
+    if not (aux or soft):
         return None, base_loss(run.recipe.loss), error_rate
-    sizes = target_sizes(len(dls.vocab[0]), aux)  # dls.vocab: one vocab per target, the label's first
-    loss_func = MultiTargetLoss(sizes, [1.0, *(t.weight for t in aux)], lambda: base_loss(run.recipe.loss))
+    labels = dls.vocab[0] if aux else dls.vocab  # fastai: one vocab per category target, or the label's alone
+    sizes = target_sizes(len(labels), aux)
+    main = base_loss(run.recipe.loss, soft=True) if soft else None
+    weights = [1.0, *(t.weight for t in aux)]
+    loss_func = MultiTargetLoss(sizes, weights, lambda: base_loss(run.recipe.loss), main)
     return sizes, loss_func, error_rates(["label", *(t.name for t in aux)], sizes)
 
 
@@ -176,17 +188,27 @@ def run_learner(
     *,
     valid_idx: Sequence[int],
     cbs: Sequence[Callback] = (),
+    targets: SoftTargets | None = None,
 ) -> Learner:
     """The one way to build a run's DataLoaders and Learner. Training, the memory probe and the benchmark
     all call it, so that each measures the same path: the image cache, fused augmentation and workers
-    (cfg.perf, chosen in pipeline.data.loaders), channels-last on CPU and fp16 on CUDA."""
+    (cfg.perf, chosen in pipeline.data.loaders), channels-last on CPU and fp16 on CUDA. `targets`: what the
+    run learns beyond its labels (pipeline.training.teachers); the probe and the benchmark measure without."""
     from pipeline.data.loaders import make_dataloaders
     from pipeline.data.train_csv import read_aux_targets
 
     aux = read_aux_targets(comp, run.recipe.aux_targets)
     dls = make_dataloaders(
-        comp, run, valid_idx=valid_idx, num_workers=cfg.data.num_workers, device=device, perf=cfg.perf, aux=aux
+        comp,
+        run,
+        valid_idx=valid_idx,
+        num_workers=cfg.data.num_workers,
+        device=device,
+        perf=cfg.perf,
+        aux=aux,
+        soft=targets,
     )
+    channels_last = use_channels_last(cfg.perf, device)
     return build_learner(
-        dls, run, device, timm_kwargs, list(cbs), channels_last=use_channels_last(cfg.perf, device), aux=aux
+        dls, run, device, timm_kwargs, list(cbs), channels_last=channels_last, aux=aux, soft=targets is not None
     )

@@ -23,19 +23,35 @@ PACKAGES = ("torch", "torchvision", "timm", "fastai", "fastcore", "numpy", "pand
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_hash(run: RunSpec, data: DataConfig, tta: TTAConfig, data_fingerprint: str) -> str:
-    """Identity of a run: same hash, same training. `data_fingerprint` (Competition.fingerprint) stands
-    for the images: an image added, removed, relabelled or changed, or another test set, retrains.
-    Paths and worker counts are left out (they do not change the predictions), so moving outputs or
-    the data folder, or changing num_workers, keeps finished runs; so are the layout's names (data.train_dir,
-    ...): the fingerprint already holds the files they find, and runs trained before they were keys keep
-    their hash. Hash the run as configured: an out-of-memory retry with a larger accum keeps the identity."""
+# data keys left out of the identity: where files are and how they are read, not what they hold; data.pseudo's
+# settings are the recipe's (RunSpec), its blend and data.exclude's list are hashed by content instead
+UNHASHED_DATA = ("root", "num_workers", "test_labels", "pseudo", "pseudo_threshold", "pseudo_hard",
+                 "pseudo_cap_per_class", "exclude", *LAYOUT_KEYS)  # fmt: skip
+
+
+def run_hash(
+    run: RunSpec, data: DataConfig, tta: TTAConfig, data_fingerprint: str, teachers: dict[str, str] | None = None
+) -> str:
+    """Identity of a run: same hash, same training. `data_fingerprint` (Competition.fingerprint_for) stands
+    for the images: an image added, removed, relabelled or changed, another test set or another data.exclude
+    list retrains. `teachers`: the content hash of each blend the run learns from (training/teachers: loss.teacher,
+    data.pseudo), so that a new blend retrains it. Paths and worker counts are left out (they do not change the
+    predictions), so moving outputs or the data folder, or changing num_workers, keeps finished runs; so are the
+    layout's names (data.train_dir, ...): the fingerprint already holds the files they find, and runs trained
+    before they were keys keep their hash, as runs without pseudo-labels or a teacher keep theirs. Hash the run
+    as configured: an out-of-memory retry with a larger accum keeps the identity."""
+    spec = asdict(run)
+    spec["recipe"]["loss"].pop("teacher", None)  # a path: the blend's content is in `teachers`
+    if not spec["recipe"]["pseudo"]:
+        del spec["recipe"]["pseudo"]
     identity = {
-        "run": asdict(run),
-        "data": {k: data[k] for k in sorted(data) if k not in ("root", "num_workers", "test_labels", *LAYOUT_KEYS)},
+        "run": spec,
+        "data": {k: data[k] for k in sorted(data) if k not in UNHASHED_DATA},
         "data_fingerprint": data_fingerprint,
         "tta": {k: tta[k] for k in sorted(tta)},
     }
+    if teachers:
+        identity["teachers"] = teachers
     blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

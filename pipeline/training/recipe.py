@@ -7,7 +7,7 @@ fastai's fit methods (schedules). The recipe is part of every RunSpec, so it is 
 identity hash and of the prediction file's run_spec.
 
 Config: the groups conf/optimizer/, conf/schedule/, conf/loss/ and the keys train.seed, train.lr,
-train.mixup*, train.ema* (conf/config.yaml), data.aux_targets and data.aux_weights (conf/data/).
+train.mixup*, train.ema* (conf/config.yaml), data.aux_targets, data.aux_weights and data.pseudo* (conf/data/).
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class Recipe:
     lr_find_steps: int = 100
     seed: int | None = None
     aux_targets: dict[str, float] = field(default_factory=dict)  # train.csv column -> loss weight, in order
+    # data.pseudo's settings (threshold, hard, cap_per_class); empty: no pseudo-labels. The blend itself is
+    # named by data.pseudo and joins the run hash by its content (pipeline.training.teachers)
+    pseudo: dict[str, Any] = field(default_factory=dict)
 
 
 def recipe_from_config(cfg: TrainAppConfig) -> Recipe:
@@ -73,7 +76,20 @@ def recipe_from_config(cfg: TrainAppConfig) -> Recipe:
         lr_find_steps=train.lr_find_steps,
         seed=train.seed,
         aux_targets=aux_weights(list(data.aux_targets), dict(data.aux_weights), data.id_column, data.label_column),
+        pseudo=pseudo_settings(data),
     )
+
+
+def pseudo_settings(data: Any) -> dict[str, Any]:
+    """data.pseudo's settings as the recipe keeps them; {} without data.pseudo."""
+    if not data.get("pseudo"):
+        return {}
+    if data.aux_targets:
+        raise PipelineError(
+            "data.pseudo with data.aux_targets: pseudo-labelled test images have no train.csv row for the extra "
+            "targets; drop one of them"
+        )
+    return {"threshold": data.pseudo_threshold, "hard": data.pseudo_hard, "cap_per_class": data.pseudo_cap_per_class}
 
 
 def aux_weights(names: list[str], weights: dict[str, float], id_column: str, label_column: str) -> dict[str, float]:
@@ -119,6 +135,11 @@ def _alpha(r: Recipe, sep: str) -> str:
     return "" if r.mixup_alpha is None else sep + _num(r.mixup_alpha)
 
 
+def _pseudo_options(r: Recipe, sep: str, space: str) -> str:
+    hard = f"{sep}hard" if r.pseudo["hard"] else ""
+    return hard + (f"{sep}cap{space}{r.pseudo['cap_per_class']}" if r.pseudo["cap_per_class"] else "")
+
+
 # The extras in the order a run's name shows them; adding a recipe key is one entry here.
 EXTRAS: dict[str, Extra] = {
     "mixup": Extra(lambda r: r.mixup != "none", lambda r: r.mixup + _alpha(r, ""), lambda r: r.mixup + _alpha(r, " ")),
@@ -137,6 +158,11 @@ EXTRAS: dict[str, Extra] = {
         lambda r: "lr find",
     ),
     "seed": Extra(lambda r: r.seed is not None, lambda r: f"seed{r.seed}", lambda r: f"seed {r.seed}"),
+    "pseudo": Extra(
+        lambda r: bool(r.pseudo),
+        lambda r: f"pl{_num(r.pseudo['threshold'])}" + _pseudo_options(r, "-", ""),
+        lambda r: f"pseudo >= {_num(r.pseudo['threshold'])}" + _pseudo_options(r, " ", " "),
+    ),
     "aux_targets": Extra(
         lambda r: bool(r.aux_targets),
         lambda r: "_".join(f"aux-{n}" + ("" if w == 1 else _num(w)) for n, w in r.aux_targets.items()),

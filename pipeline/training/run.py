@@ -25,9 +25,11 @@ from pipeline.training.events import RunEvents
 from pipeline.training.provenance import environment
 from pipeline.training.recipe import recipe_columns
 from pipeline.training.specs import RunSpec
+from pipeline.training.teachers import Teachers
 from pipeline.training.time_budget import TimeBudget, TimeBudgetSpent
 
 if TYPE_CHECKING:
+    from fastai.callback.core import Callback
     from fastai.learner import Learner
     from torch import Tensor
 
@@ -55,6 +57,7 @@ class RunOutputs:
     valid_ids: list[str]
     timings: dict[str, float]
     lr_found: float | None
+    history: list[dict[str, Any]]  # one record per epoch (pipeline.training.history)
 
 
 def train_run(
@@ -66,32 +69,42 @@ def train_run(
     ckpt: RunCheckpoint | None,
     budget: TimeBudget | None = None,
     events: RunEvents | None = None,
+    teachers: Teachers | None = None,
 ) -> Predictions:
-    """Fit one run (resuming from its checkpoint if any) and return its TTA predictions.
+    """Fit one run (resuming from its checkpoint if any) and return its TTA predictions. `teachers`: the
+    blends the job's runs learn from (pipeline.training.teachers), if any.
     Raises TimeBudgetSpent when `budget` stopped the fit before its last epoch."""
     from hydra.utils import instantiate
 
+    from pipeline.training.history import interactive, run_history
     from pipeline.training.learner import run_learner
     from pipeline.training.recipe import seeded
+    from pipeline.training.schedules import total_epochs
 
     # kept on resume; rank 0's on every rank of a group, as are the epochs done
     split = run_split(cfg, comp, run, shared(lambda: ckpt.split_seed(cfg.data.seed)) if ckpt else cfg.data.seed)
     cbs = [instantiate(c) for c in cfg.train.callbacks]
     start_epoch = shared(lambda: resumed_epochs(run, ckpt))
     aux = read_aux_targets(comp, run.recipe.aux_targets)
+    history = run_history(run.name, total_epochs(run), plain=not interactive())
+    targets = teachers.targets(comp, run, split.valid_idx) if teachers else None
     with seeded(run.recipe.seed):
         learn = rank0_first(  # rank 0 builds the image cache (and fetches weights), the others read them
-            lambda: run_learner(cfg, comp, rank_run(run), device, timm_kwargs, valid_idx=split.valid_idx, cbs=cbs)
+            lambda: run_learner(
+                cfg, comp, rank_run(run), device, timm_kwargs, valid_idx=split.valid_idx, cbs=cbs, targets=targets
+            )
         )
         data_parallel(learn, run, device, cfg.train.sync_bn)
         try:
             run, lr_found = with_found_lr(learn, run, ckpt)
-            fit_s = fit_run(learn, run, start_epoch, ckpt, budget, events)
-            outputs = read_outputs(cfg, comp, learn, aux, fit_s=fit_s, lr_found=lr_found)
+            fit_s = fit_run(learn, run, start_epoch, ckpt, budget, events, history)
+            outputs = read_outputs(cfg, comp, learn, aux, fit_s=fit_s, lr_found=lr_found, history=history.records)
         finally:
-            del learn  # the last reference: free_memory can return the model's memory
+            del learn, history  # the last references (the history callback holds the Learner): memory can go
             free_memory(device)
-    return predictions(cfg, comp, run, device, split, aux, outputs)
+    preds = predictions(cfg, comp, run, device, split, aux, outputs)
+    preds.teacher = targets.record if targets else {}
+    return preds
 
 
 def resumed_epochs(run: RunSpec, ckpt: RunCheckpoint | None) -> int:
@@ -126,15 +139,16 @@ def fit_run(
     ckpt: RunCheckpoint | None,
     budget: TimeBudget | None,
     events: RunEvents | None,
+    history: Callback,
 ) -> float:
-    """Fit with the run's schedule from `start_epoch`; the seconds it took. The time budget, checkpoint and
-    epoch events join after lr_find, whose own fit must not count as one of the run's.
+    """Fit with the run's schedule from `start_epoch`; the seconds it took. The history, time budget,
+    checkpoint and epoch events join after lr_find, whose own fit must not count as one of the run's.
     Raises TimeBudgetSpent when the budget stopped the fit before its last epoch."""
     from pipeline.training.schedules import final_fit, fit
 
     stop = budget.callback(final_fit(run)) if budget else None
     save = ckpt.callback(final_fit=final_fit(run)) if ckpt else None
-    for cb in (stop, save, events.epoch_callback(run) if events else None):
+    for cb in (history, stop, save, events.epoch_callback(run, history) if events else None):
         if cb:
             learn.add_cb(cb)
     start = time.perf_counter()
@@ -146,7 +160,13 @@ def fit_run(
 
 
 def read_outputs(
-    cfg: Any, comp: Competition, learn: Learner, aux: list[AuxTarget], fit_s: float, lr_found: float | None
+    cfg: Any,
+    comp: Competition,
+    learn: Learner,
+    aux: list[AuxTarget],
+    fit_s: float,
+    lr_found: float | None,
+    history: list[dict[str, Any]],
 ) -> RunOutputs:
     """The fitted Learner's error, its plain validation pass (the label's and each extra target's
     probabilities) and its TTA on the test and validation sets, in that order: TTA clears the recorder."""
@@ -169,7 +189,6 @@ def read_outputs(
         sharded(lambda items: tta(learn, labelled_dl(learn, items), n, beta, fast), valid_items)
     )
     tta_s = time.perf_counter() - start
-    train_root = comp.train_dir
     return RunOutputs(
         valid_error=valid_error,
         valid_probs_plain=valid_probs_plain,
@@ -177,9 +196,10 @@ def read_outputs(
         test_probs=test_probs,
         valid_probs=valid_probs.float(),
         valid_targets=valid_targets,
-        valid_ids=[str(Path(p).relative_to(train_root)) for p in valid_items],
+        valid_ids=[comp.image_id(Path(p)) for p in valid_items],
         timings={"fit_s": fit_s, "tta_s": tta_s},
         lr_found=lr_found,
+        history=[dict(r) for r in history],
     )
 
 
@@ -262,4 +282,5 @@ def predictions(
         aux_targets=aux_records,
         lr_found=out.lr_found,
         recipe_summary=recipe_columns(run.recipe),
+        history=out.history,
     )

@@ -57,6 +57,11 @@ def final_fit(run: RunSpec) -> int:
     return 1 if fine_tunes(run) else 0
 
 
+def total_epochs(run: RunSpec) -> int:
+    """The run's epochs over all its fits: fine_tune's frozen ones included."""
+    return run.epochs + (run.recipe.schedule["freeze_epochs"] if fine_tunes(run) else 0)
+
+
 def fit(learn: Learner, run: RunSpec, start_epoch: int = 0) -> None:
     """Train with the run's schedule; `start_epoch` resumes the final fit (final_fit) after that many epochs."""
     SCHEDULES[run.recipe.schedule["name"]].build(learn, run, start_epoch)
