@@ -60,7 +60,8 @@ start() {
     sleep 0.25
   done
   mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
-  cpus=$(nproc)
+  # the cores this process may use; nproc would also obey OMP_NUM_THREADS, which the tests set to 1
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
   cat > "$conf" <<CONF
 ClusterName=paddy
 SlurmctldHost=$host

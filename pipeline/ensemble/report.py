@@ -4,9 +4,9 @@ Rendering only: the figures come computed in the BlendResult (pipeline.ensemble.
 pipeline.ensemble.writing writes what is rendered here. The report is self-contained: it renders in
 a browser and in a notebook via IPython.display.HTML, its images embedded as data URIs. It fits a
 1280-pixel-wide window without scrolling sideways (tests/test_report_browser.py checks it in Chromium):
-tables in a small font, headers wrapping at spaces, run names anywhere, numbers never, figures scaled to
-the page; each table sits in a box of its own, so that a table still too wide (dozens of weightings) would
-scroll there, not the page.
+tables in a small font, text wrapping at spaces (anywhere when a table would not fit otherwise), numbers
+never, figures scaled to the page; each table sits in a box of its own, so that a table still too wide
+(dozens of weightings) would scroll there, not the page.
 
 Each part is a `section` listed in the contents at the top, saying what it holds (`data-holds`: a table
 or figures): what the report promises, and what the browser test checks is there.
@@ -37,8 +37,10 @@ STYLE = (
     " .table{border-collapse:collapse;font-size:12px}"
     " .table td,.table th{padding:2px 5px;border-bottom:1px solid #ddd}"
     " .table th{vertical-align:bottom} .table td.num{white-space:nowrap;text-align:right}"
-    # run names are long and unbroken: they wrap anywhere, the other text at spaces, numbers never
-    " .table td:first-child{overflow-wrap:anywhere;min-width:10em}"
+    # text wraps at spaces, and anywhere when a table would not fit otherwise (run names and recipes are long
+    # unbroken words: the widths of fonts and figures on another machine once pushed a table 2 px past its
+    # box); run names keep 10em; numbers never wrap
+    " .table td.text,.table th{overflow-wrap:anywhere} .table td:first-child{min-width:10em}"
     " img{max-width:100%;height:auto} figure{margin:0 0 1em 0}"
     " .curves{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,560px),1fr));gap:.5em}"
     " .note{color:#a40} .thumb{image-rendering:pixelated;width:96px}"

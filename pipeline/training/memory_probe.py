@@ -85,14 +85,19 @@ def _is_oom(e: BaseException) -> bool:
 
 def _child(cfg: Any, comp: Competition, run: RunSpec, timm_kwargs: dict[str, Any], queue: Any) -> None:
     """One setting in a fresh process; reports ("peak", GB), ("oom", why) or ("error", why)."""
-    import resource
-
     try:
         _train_steps(cfg, comp, run, "cpu", timm_kwargs)
     except Exception as e:
         queue.put(("oom" if _is_oom(e) else "error", one_line(e) if not isinstance(e, PipelineError) else str(e)))
         return
-    queue.put(("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB))  # Linux reports KiB
+    queue.put(("peak", _own_peak_rss_kib() * 1024 / GB))
+
+
+def _own_peak_rss_kib() -> int:
+    """This process's own peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries the forked
+    parent's resident size across exec into it, so every child of a 1.7 GB parent reported 1.7 GB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
 def peak_memory_gb(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any]) -> float | None:
