@@ -138,57 +138,68 @@ def test_blend_on_a_full_disk_is_one_line_and_keeps_the_set(blend_inputs, tmpfs)
     assert _blend_set(out)["sub.csv.json"] != before["sub.csv.json"]
 
 
-KILLED_WRITE = """
-import os, signal, sys
+KILLED_WRITES = """
+import os, shutil, signal, sys
+from pathlib import Path
 from pipeline.ensemble.compute import compute_blend
 from pipeline.ensemble.writing import write_blend
 from tests.conftest import compose
 
-result = compute_blend(compose("blend", sys.argv[2:]))
-kill_at, calls = int(sys.argv[1]), 0
+pristine, out, results = map(Path, sys.argv[1:4])
+result = compute_blend(compose("blend", sys.argv[4:]))  # once: each writer below is a fork of this process
+replace, symlink = os.replace, os.symlink
 
-def killing(step):
+def killing(step, kill_at, calls):
     def call(*args, **kwargs):
-        global calls
-        calls += 1
-        if calls == kill_at:
+        calls.append(step)  # one count over renames and symlinks
+        if len(calls) == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return step(*args, **kwargs)
     return call
 
-os.replace, os.symlink = killing(os.replace), killing(os.symlink)
+k = 0
+while True:  # a writer killed at its k-th rename or symlink, for every k, each from the old state
+    k += 1
+    shutil.rmtree(out)
+    shutil.copytree(pristine, out, symlinks=True)
+    pid = os.fork()
+    if pid == 0:
+        calls = []
+        os.replace, os.symlink = killing(replace, k, calls), killing(symlink, k, calls)
+        write_blend(result)
+        os._exit(0)
+    status = os.waitpid(pid, 0)[1]
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        break  # k is past the writer's last step: it wrote the new set whole
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    shutil.copytree(out, results / str(k), symlinks=True)
+shutil.copytree(out, results / "whole", symlinks=True)
+shutil.rmtree(out)  # and a writer after the last kill
+shutil.copytree(results / str(k - 1), out, symlinks=True)
 write_blend(result)
-print(calls)
+print(k - 1)
 """
-
-
-def _write(k: int, overrides: list[str]) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", KILLED_WRITE, str(k), *overrides]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["first set", "over an old set"])
 def test_a_kill_at_any_rename_leaves_the_old_set_or_the_new_one(blend_inputs, tmp_path, first):
-    out = tmp_path / "out"
+    out, pristine, results = tmp_path / "out", tmp_path / "pristine", tmp_path / "results"
     old_overrides = [*blend_inputs, f"blend.output={out / 'sub.csv'}"]
+    out.mkdir()
     if not first:
-        assert _write(0, old_overrides).returncode == 0
+        subprocess.run([sys.executable, "-m", "pipeline.blend", *old_overrides], cwd=REPO, check=True)
     old = _blend_set(out)
-    new_overrides = [*old_overrides, "+blend.weights.y=5"]
-    pristine = tmp_path / "pristine"  # the old state, restored before each kill
-    out.mkdir(exist_ok=True)
-    shutil.copytree(out, pristine, symlinks=True)
-    steps = int(_write(0, new_overrides).stdout)
+    shutil.copytree(out, pristine, symlinks=True)  # the old state, restored before each kill
+    script = [sys.executable, "-c", KILLED_WRITES, str(pristine), str(out), str(results)]
+    done = subprocess.run([*script, *old_overrides, "+blend.weights.y=5"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = int(done.stdout)
     assert steps >= (10 if first else 2)  # first: each name's link (a symlink and a rename each), then the switch
-    new = _blend_set(out)
+    new = _blend_set(results / "whole")
     assert len(new) == 5 and new != old
     for k in range(1, steps + 1):
-        shutil.rmtree(out)
-        shutil.copytree(pristine, out, symlinks=True)
-        killed = _write(k, new_overrides)
-        assert killed.returncode == -9, killed.stderr[-2000:]
-        assert _blend_set(out) in (old, new), f"a kill at step {k} of {steps} left a mixed set"
-    assert _write(0, new_overrides).returncode == 0 and _blend_set(out) == new  # the write after a kill
+        assert _blend_set(results / str(k)) in (old, new), f"a kill at step {k} of {steps} left a mixed set"
+    assert _blend_set(out) == new  # the write after a kill
     sets = [p for p in (out / ".sub.csv.sets").iterdir() if not p.is_symlink()]
     assert len(sets) == 1  # older sets and killed writers' sets are pruned
 
