@@ -2,7 +2,8 @@
 sizes (feature-layout bugs are size-specific): composed as the CLI composes it, built by training's own
 run_learner (image cache, fused augmentation, channels-last), freeze and unfreeze, one optimizer step on
 real Paddy photos, then a plain and a TTA prediction pass. Random weights (model.pretrained=false) and
-batches of 2: no hub; about 3.5 minutes of CPU time for the file, 20-35 s for each large-model variant."""
+batches of 2: no hub. A later variant of the same architecture and input size checks its own data path
+alone (check_data_path)."""
 
 import gc
 import os
@@ -43,6 +44,18 @@ def check_probs(probs: torch.Tensor, n: int, n_classes: int, what: str) -> None:
     torch.testing.assert_close(probs.sum(1), torch.ones(n), msg=what)
 
 
+def check_data_path(cfg, comp, run, size: tuple[int, ...]) -> None:
+    """A variant whose model an earlier variant trained at the same size: its own resize, item size and
+    augmentation, from the image cache to the model's input, for training and for TTA (the model's step at
+    that size would repeat the earlier one: 30-45 s on a CPU for vit_large or swinv2_large)."""
+    from pipeline.data.loaders import make_dataloaders
+
+    dls = make_dataloaders(comp, run, valid_idx=[0], num_workers=0, device="cpu", perf=cfg.perf)
+    assert tuple(dls.train.one_batch()[0].shape) == (2, 3, *size), f"{run.name}: train batches"
+    test = dls.test_dl(comp.test_files)
+    assert tuple(test.one_batch()[0].shape) == (1, 3, *size), f"{run.name}: test batches"
+
+
 def test_every_model_file_is_covered():
     assert {"convnext_large", "vit_large", "swin_large", "swinv2_large", "effnet_lite0"} <= set(MODEL_FILES)
 
@@ -74,7 +87,13 @@ def test_model_file_trains_and_predicts(model, paddy_root, tmp_path, all_cores):
     # 3 training photos (1 held out, 1 batch of 2 left) and 1 test photo; all 10 classes in the vocab
     comp = Competition(full.root, full.vocab, full.train_files[::10], full.test_files[:1])
     n_classes = len(comp.vocab)
+    trained = set()  # (arch, size): a model once trained at a size, later variants check their data path
     for run in resolve_runs(cfg):
+        size = run.size * 2 if len(run.size) == 1 else run.size
+        if (run.arch, tuple(size)) in trained:
+            check_data_path(cfg, comp, run, tuple(size))
+            continue
+        trained.add((run.arch, tuple(size)))
         step = one_step()
         learn = run_learner(cfg, comp, run, "cpu", timm_kwargs(run), valid_idx=[0], cbs=[step])
         dls = learn.dls
@@ -90,7 +109,6 @@ def test_model_file_trains_and_predicts(model, paddy_root, tmp_path, all_cores):
         before, head_before = first.detach().clone(), head_w.detach().clone()
         with learn.no_bar(), learn.no_logging():
             learn.fit(1, run.lr)
-            size = run.size * 2 if len(run.size) == 1 else run.size
             assert step.batch_shape == (2, 3, *size), f"{run.name}: trained at {step.batch_shape}"
             assert not torch.equal(first, before), f"{run.name}: the body did not train"
             assert not torch.equal(head_w, head_before), f"{run.name}: the head did not train"
