@@ -45,7 +45,6 @@ SERIAL_GROUPS = {
     "test_launchers.py": "engines",
     "test_model_files.py": "real_size_models",
     "test_teachers.py": "teachers",
-    "test_distributed.py": "ddp",  # its module fixture (two DDP runs, about 55 s) built once, on one worker
 }
 FIXTURE_GROUPS = {"slurm_env": "engines", "flipped_kfold_runs": "flipped_kfold_runs"}
 
