@@ -149,7 +149,14 @@ def reference(cfg: Any, train_dir: Path, test_files: list[Path], device: str, ti
             bs=b.batch_size // b.accum,
             device=device,
         )
-        learn = vision_learner(dls, b.arch, metrics=error_rate, cbs=GradientAccumulation(b.batch_size), **timm_kwargs)
+        learn = vision_learner(
+            dls,
+            b.arch,
+            metrics=error_rate,
+            cbs=GradientAccumulation(b.batch_size),
+            pretrained=b.pretrained,
+            **timm_kwargs,
+        )
         if device == "cuda":
             learn = learn.to_fp16()
         totals = _train_timer(learn)
@@ -268,12 +275,13 @@ def bench_run(cfg: Any) -> RunSpec:
     from pipeline.training.pretrained import LITE_PACKAGES, convert_lite_weights
 
     b = cfg.bench
-    weights = str(convert_lite_weights(b.arch, cfg.paths.weights)) if b.arch in LITE_PACKAGES else None
+    lite = b.pretrained and b.arch in LITE_PACKAGES
+    weights = str(convert_lite_weights(b.arch, cfg.paths.weights)) if lite else None
     return RunSpec(
         name="bench",
         model="bench",
         arch=b.arch,
-        pretrained=True,
+        pretrained=b.pretrained,
         weights=weights,
         resize="squish",
         item_size=(b.item_size,),

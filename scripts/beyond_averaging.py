@@ -36,8 +36,14 @@ def member_rows(preds: Path, truth: pd.DataFrame, label: str) -> list[dict]:
         test_acc, test_loss = scores(targets, m.test_probs)
         oof_acc, oof_loss = scores(m.valid_targets, m.valid_probs)
         rows.append(
-            {"row": f"{label}: {m.name}", "test acc": test_acc, "test log loss": test_loss, "honest acc": oof_acc,
-             "honest log loss": oof_loss, "img/s": images_per_second(m.runs)}
+            {
+                "row": f"{label}: {m.name}",
+                "test acc": test_acc,
+                "test log loss": test_loss,
+                "honest acc": oof_acc,
+                "honest log loss": oof_loss,
+                "img/s": images_per_second(m.runs),
+            }
         )
     return rows
 
@@ -53,8 +59,14 @@ def blend_rows(blends: Path, truth: pd.DataFrame) -> list[dict]:
         record = json.loads(csv.with_suffix(".csv.json").read_text())
         (chosen,) = [r for r in record["weightings"] if r["weighting"].endswith(" *")]
         rows.append(
-            {"row": f"blend: {record['weighting']}", "test acc": test_acc, "test log loss": test_loss,
-             "honest acc": chosen["nested acc"], "honest log loss": chosen["nested log loss"], "img/s": None}
+            {
+                "row": f"blend: {record['weighting']}",
+                "test acc": test_acc,
+                "test log loss": test_loss,
+                "honest acc": chosen["nested acc"],
+                "honest log loss": chosen["nested log loss"],
+                "img/s": None,
+            }
         )
     return rows
 

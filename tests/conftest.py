@@ -32,6 +32,9 @@ from tests.kaggle_stand_in import KEY, USERNAME
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 PADDY_SAMPLE = REPO.parent / "shared" / "paddy-sample"
+# What the tests train on: a CUDA GPU where one is visible (with fp16, as users train), else the CPU, so the
+# same suite checks the GPU path on a GPU machine. PIPELINE_TEST_DEVICE=cpu keeps a GPU machine on the CPU.
+DEVICE = os.environ.get("PIPELINE_TEST_DEVICE") or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -186,7 +189,7 @@ def tiny_run_overrides(data_root: Path, weights_dir: Path, preds: Path, *, name:
         "model.batch_size=16",
         "model.variants=[{resize: squish, item_size: [32], size: [32]}]",
         "train.epochs=1",
-        "train.device=cpu",
+        f"train.device={DEVICE}",
         f"data.root={data_root}",
         "data.num_workers=0",
         f"paths.preds={preds}",

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from tests.conftest import DEVICE
+
 
 def fit_linear(accum: int, n_train: int = 128, batch_size: int = 64):
     """One epoch of a real fastai Learner on fixed data; returns (optimizer steps, micro-batches, weights)."""
@@ -28,7 +30,7 @@ def fit_linear(accum: int, n_train: int = 128, batch_size: int = 64):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n_train, 4, generator=g), torch.randint(0, 3, (n_train,), generator=g)
     items = list(zip(x, y, strict=True))
-    dls = DataLoaders.from_dsets(items, items[:8], bs=batch_size // accum, shuffle=False, num_workers=0, device="cpu")
+    dls = DataLoaders.from_dsets(items, items[:8], bs=batch_size // accum, shuffle=False, num_workers=0, device=DEVICE)
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     counter = StepCounter()

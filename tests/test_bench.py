@@ -18,6 +18,18 @@ def test_bench_config_composes_with_the_shared_groups():
     assert (cfg.bench.item_size, cfg.bench.size, cfg.bench.batch_size, cfg.bench.accum) == (480, 128, 64, 2)
 
 
+def test_bench_with_random_weights_asks_for_none(tmp_path):
+    from pipeline.benchmark import bench_run
+    from pipeline.training.pretrained import timm_kwargs
+
+    cfg = compose("bench", ["bench.arch=vit_large_patch16_224", "bench.pretrained=false", f"paths.weights={tmp_path}"])
+    run = bench_run(cfg)
+    assert not run.pretrained and run.weights is None and timm_kwargs(run) == {}
+    assert list(tmp_path.iterdir()) == []  # no weights converted
+    cfg = compose("bench", ["bench.pretrained=false", f"paths.weights={tmp_path}"])
+    assert bench_run(cfg).weights is None and list(tmp_path.iterdir()) == []
+
+
 def test_replicated_sample_is_a_valid_competition(tmp_path):
     if not PADDY_SAMPLE.is_dir():
         pytest.skip("no paddy sample")

@@ -12,19 +12,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CONF, compose
+from tests.conftest import CONF, DEVICE, compose
 
 MODEL_FILES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
 def one_step():
-    """A callback that stops the fit after one optimizer step (before validation), recording the batch shape."""
+    """A callback that stops the fit after one optimizer step (before validation), recording the batch shape.
+    On CUDA a step that fp16's gradient scaler skipped (overflowing gradients while it finds its scale) does
+    not count: the fit goes on to the next epoch's step."""
     from fastai.callback.core import Callback, CancelFitException
 
     class OneStep(Callback):
         def after_step(self) -> None:
             self.batch_shape = tuple(self.xb[0].shape)
-            raise CancelFitException
+            fp16 = getattr(self.learn, "mixed_precision", None)
+            if fp16 is None or not fp16.skipped:
+                raise CancelFitException
 
     return OneStep()
 
@@ -50,7 +54,7 @@ def check_data_path(cfg, comp, run, size: tuple[int, ...]) -> None:
     that size would repeat the earlier one: 30-45 s on a CPU for vit_large or swinv2_large)."""
     from pipeline.data.loaders import make_dataloaders
 
-    dls = make_dataloaders(comp, run, valid_idx=[0], num_workers=0, device="cpu", perf=cfg.perf)
+    dls = make_dataloaders(comp, run, valid_idx=[0], num_workers=0, device=DEVICE, perf=cfg.perf)
     assert tuple(dls.train.one_batch()[0].shape) == (2, 3, *size), f"{run.name}: train batches"
     test = dls.test_dl(comp.test_files)
     assert tuple(test.one_batch()[0].shape) == (1, 3, *size), f"{run.name}: test batches"
@@ -76,7 +80,7 @@ def test_model_file_trains_and_predicts(model, paddy_root, tmp_path, all_cores):
             "model.pretrained=false",
             "model.batch_size=2",
             "train.accum=1",
-            "train.device=cpu",
+            f"train.device={DEVICE}",
             "tta.n=1",
             f"data.root={paddy_root}",
             "data.num_workers=0",
@@ -95,7 +99,9 @@ def test_model_file_trains_and_predicts(model, paddy_root, tmp_path, all_cores):
             continue
         trained.add((run.arch, tuple(size)))
         step = one_step()
-        learn = run_learner(cfg, comp, run, "cpu", timm_kwargs(run), valid_idx=[0], cbs=[step])
+        learn = run_learner(cfg, comp, run, DEVICE, timm_kwargs(run), valid_idx=[0], cbs=[step])
+        # the users' path on a GPU machine: fp16 on (and the model there, below); on the CPU, fp32
+        assert any(type(cb).__name__ == "MixedPrecision" for cb in learn.cbs) == (DEVICE == "cuda"), run.name
         dls = learn.dls
         body, head = learn.model[0], learn.model[1]
         first = next(body.parameters())  # a stem / patch-embedding weight: no norm layer, so freezable
@@ -106,12 +112,13 @@ def test_model_file_trains_and_predicts(model, paddy_root, tmp_path, all_cores):
         assert not first.requires_grad and all(p.requires_grad for p in head.parameters()), run.name
         learn.unfreeze()
         assert all(p.requires_grad for p in learn.model.parameters()), run.name
-        before, head_before = first.detach().clone(), head_w.detach().clone()
+        before, head_before = first.detach().cpu().clone(), head_w.detach().cpu().clone()  # the fit moves them
         with learn.no_bar(), learn.no_logging():
-            learn.fit(1, run.lr)
+            learn.fit(1 if DEVICE == "cpu" else 17, run.lr)  # an epoch is one step; fp16 may skip 16 (above)
             assert step.batch_shape == (2, 3, *size), f"{run.name}: trained at {step.batch_shape}"
-            assert not torch.equal(first, before), f"{run.name}: the body did not train"
-            assert not torch.equal(head_w, head_before), f"{run.name}: the head did not train"
+            assert first.device.type == DEVICE, f"{run.name}: trained on {first.device}"
+            assert not torch.equal(first.detach().cpu(), before), f"{run.name}: the body did not train"
+            assert not torch.equal(head_w.detach().cpu(), head_before), f"{run.name}: the head did not train"
             assert all(p.isfinite().all() for p in learn.model.parameters()), run.name
 
             probs, targs = learn.get_preds(ds_idx=1)

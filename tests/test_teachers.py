@@ -24,7 +24,7 @@ from pipeline.training.recipe import recipe_columns
 from pipeline.training.specs import resolve_runs
 from pipeline.training.targets import MultiTargetLoss
 from pipeline.training.teachers import load_teachers
-from tests.conftest import compose, tiny_run_overrides
+from tests.conftest import DEVICE, compose, tiny_run_overrides
 from tests.factories import blend_file_of
 
 
@@ -247,7 +247,7 @@ def test_pseudo_labels_train_never_validate_and_a_new_blend_retrains(
     teachers = load_teachers(cfg, comp)
     split = run_split(cfg, comp, run, cfg.data.seed)
     targets = teachers.targets(comp, run, split.valid_idx)
-    learn = run_learner(cfg, comp, run, "cpu", timm_kwargs(run), valid_idx=split.valid_idx, targets=targets)
+    learn = run_learner(cfg, comp, run, DEVICE, timm_kwargs(run), valid_idx=split.valid_idx, targets=targets)
     in_training = {p.name for p in learn.dls.train_ds.items if p.parent == comp.test_dir}
     assert in_training == chosen and len(learn.dls.train_ds) == 48 + len(chosen)
     assert all(p.parent.parent == comp.train_dir for p in learn.dls.valid_ds.items)
@@ -322,7 +322,7 @@ def test_excluded_images_leave_training_not_validation_and_change_the_fingerprin
     cleaned = excluding(comp, tmp_path / "suspects.csv")
     assert cleaned.excluded == set(listed)
     assert cleaned.fingerprint_for([]) != comp.fingerprint_for([]) == excluding(comp, None).fingerprint_for([])
-    dls = make_dataloaders(cleaned, run, valid_idx=split.valid_idx, num_workers=0, device="cpu", perf=cfg.perf)
+    dls = make_dataloaders(cleaned, run, valid_idx=split.valid_idx, num_workers=0, device=DEVICE, perf=cfg.perf)
     assert {cleaned.image_id(p) for p in dls.train_ds.items} == set(training) - set(listed)
     assert [cleaned.image_id(p) for p in dls.valid_ds.items] == valid  # validation keeps every image
 

@@ -18,7 +18,7 @@ from pipeline import predictions
 from pipeline.curves import curves_png, history_csv
 from pipeline.training.jobs import RunsStopped, train_model
 from pipeline.training.loggers.mlflow_logger import flatten
-from tests.conftest import REPO, compose, tiny_run_overrides
+from tests.conftest import DEVICE, REPO, compose, tiny_run_overrides
 
 RUN = "tiny_squish32_32"
 
@@ -137,14 +137,14 @@ def test_a_cli_run_logs_to_mlflow_and_its_log_has_a_line_per_epoch(demo_root, we
     assert run.info.run_name == RUN and run.info.status == "FINISHED"
     params, tags = run.data.params, run.data.tags
     assert params["model.name"] == "tiny" and params["run.epochs"] == "1" and params["logger.name"] == "mlflow"
-    assert params["model.variants.0.item_size.0"] == "32" and params["train.device"] == "cpu"
+    assert params["model.variants.0.item_size.0"] == "32" and params["train.device"] == DEVICE
     assert {k: tags[k] for k in ("model", "variant", "recipe", "run_hash", "launcher", "device")} == {
         "model": "tiny",
         "variant": "squish32_32",
         "recipe": "reference",
         "run_hash": preds.run_hash,
         "launcher": "local",
-        "device": "cpu",
+        "device": DEVICE,
     }
     assert tags["host"] == preds.environment["host"] and tags["device_name"] == preds.environment["device_name"]
     for key, field in [("train_loss", "train_loss"), ("error_rate", "error_rate"), ("epoch_seconds", "seconds")]:

@@ -10,7 +10,7 @@ import torch
 from pipeline import predictions
 from pipeline.errors import PipelineError
 from pipeline.training.jobs import train_model
-from tests.conftest import REPO, compose, tiny_run_overrides
+from tests.conftest import DEVICE, REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_train_one_run_on_the_demo_data(demo_root, demo_runs):
     assert preds.split == {"strategy": "holdout", "seed": 42, "fold": None, "n_folds": None, "n_images": 60}
     assert preds.member == preds.run == "tiny_squish32_32"
     assert preds.run_spec["accum"] == 2 and preds.run_spec["epochs"] == 1
-    assert preds.config["data"]["root"] == str(demo_root) and preds.device == "cpu"
+    assert preds.config["data"]["root"] == str(demo_root) and preds.device == DEVICE
     assert preds.config["tta"]["n"] == 4  # the reference TTA: no tag in the run name
     assert preds.timings["fit_s"] > 0 and preds.timings["tta_s"] > 0
     # every validation target is the label folder of its image

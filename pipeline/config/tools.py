@@ -23,6 +23,7 @@ class BenchConfig:
     images: int = ranged(330, COUNT)
     test_images: int = ranged(100, COUNT)
     arch: str = "tf_efficientnet_lite0"
+    pretrained: bool = True
     item_size: int = ranged(480, COUNT)
     size: int = ranged(128, COUNT)
     batch_size: int = ranged(64, COUNT)

@@ -3,7 +3,8 @@ and the run's recipe (pipeline.training.recipe): optimizer, loss, targets and ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
@@ -78,17 +79,18 @@ def build_learner(
         stop_on_nonfinite_loss(),
         *recipe_callbacks(run.recipe, 1 + len(aux) + 2 * soft),
     ]
-    learn = vision_learner(
-        dls,
-        run.arch,
-        pretrained=run.pretrained,
-        n_out=sum(sizes) if sizes else None,
-        loss_func=loss_func,
-        opt_func=opt_func(run.recipe.optimizer),
-        metrics=metrics,
-        cbs=[*callbacks, *cbs],
-        **timm_kwargs,
-    )
+    with fastai_device(device):
+        learn = vision_learner(
+            dls,
+            run.arch,
+            pretrained=run.pretrained,
+            n_out=sum(sizes) if sizes else None,
+            loss_func=loss_func,
+            opt_func=opt_func(run.recipe.optimizer),
+            metrics=metrics,
+            cbs=[*callbacks, *cbs],
+            **timm_kwargs,
+        )
     pool_channels_first(learn)
     if not interactive():  # a log file, SLURM, Kaggle: one line per epoch, no progress-bar redraws
         plain_progress(learn)
@@ -100,6 +102,21 @@ def build_learner(
         learn.add_cb(ChannelsLast())
     # Mixed precision only where it pays and is supported without warnings: CUDA.
     return learn.to_fp16() if device == "cuda" else learn
+
+
+@contextmanager
+def fastai_device(device: str) -> Iterator[None]:
+    """fastai's default device set to `device` while the learner is built. vision_learner makes its Normalize
+    stats on fastai's default device, the GPU whenever one is visible: train.device=cpu on a GPU machine failed
+    its first batch with "Expected all tensors to be on the same device" (seen on an H200)."""
+    from fastai.torch_core import defaults
+
+    saved = defaults.use_cuda
+    defaults.use_cuda = False if device == "cpu" else saved
+    try:
+        yield
+    finally:
+        defaults.use_cuda = saved
 
 
 def loss_and_metrics(

@@ -29,6 +29,7 @@ from pipeline.training.specs import RunSpec
 
 log = logging.getLogger(__name__)
 GB = 1024**3
+MAX_SKIPPED_STEPS = 16  # fp16's scaler halves its scale from 2**16 at each skip: 1 is reached after 16
 
 
 @dataclass
@@ -56,8 +57,10 @@ def probe_subset(comp: Competition, n_images: int) -> Competition:
 
 
 def _train_steps(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kwargs: dict[str, Any]) -> None:
-    """`probe.steps` optimizer steps of the whole (unfrozen) network, on training's own data path:
-    the peak of fine_tune's second stage. The last image is held out (validation never runs)."""
+    """`probe.steps` optimizer steps of the whole (unfrozen) network, on training's own data path: the peak of
+    fine_tune's second stage. The subset is one batch and one held-out image, so an epoch is one step. On CUDA,
+    fp16's gradient scaler skips the steps whose gradients overflow while it finds its scale (halving it from
+    2**16 each time): those make no optimizer state and do not count, or the peak would miss Adam's state."""
     from fastai.callback.core import Callback, CancelFitException
 
     from pipeline.training.learner import run_learner
@@ -66,6 +69,9 @@ def _train_steps(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kw
 
     class StopAfterSteps(Callback):
         def after_step(self) -> None:
+            fp16 = getattr(self.learn, "mixed_precision", None)
+            if fp16 is not None and fp16.skipped:
+                return
             self.done = getattr(self, "done", 0) + 1
             if self.done >= steps:
                 raise CancelFitException
@@ -74,7 +80,7 @@ def _train_steps(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kw
     learn = run_learner(cfg, comp, run, device, timm_kwargs, valid_idx=valid_idx, cbs=[StopAfterSteps()])
     learn.unfreeze()
     with learn.no_bar(), learn.no_logging():
-        learn.fit(1, run.lr)
+        learn.fit(steps + MAX_SKIPPED_STEPS, run.lr)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -118,6 +124,8 @@ def peak_memory_gb(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_
         finally:
             gc.collect()
             torch.cuda.empty_cache()
+        # what the caching allocator held: nearer the process's figure in nvidia-smi, which adds the CUDA context
+        log.info("%s at accum %d: peak reserved %.2f GB", run.name, run.accum, torch.cuda.max_memory_reserved() / GB)
         return torch.cuda.max_memory_allocated() / GB
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no memory inherited from this one
     queue = ctx.Queue()
