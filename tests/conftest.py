@@ -42,16 +42,17 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # each other share a group, which one worker runs in turn: the cluster engines (one SLURM cluster per machine,
 # Ray's local clusters with 2 declared CPUs each, timed Ctrl-C sweeps) and the real-size models (vit_large
 # alone peaks at 12 GB). Any test using the SLURM cluster joins the engines' group wherever it is; any test
-# using the flipped-label kfold runs (about 40 s of training, a session fixture of each worker) joins theirs, and
-# the students' tests share one worker, so that their kfold runs are trained once.
+# using the flipped-label kfold runs (about 40 s of training, a session fixture of each worker) or the two DDP runs
+# (about 55 s) joins theirs, and the students' tests share one worker, so that such runs are trained once.
 SERIAL_GROUPS = {
     "test_launchers.py": "engines",
     "test_model_files.py": "real_size_models",
     "test_teachers.py": "teachers",
 }
-FIXTURE_GROUPS = {"slurm_env": "engines", "flipped_kfold_runs": "flipped_kfold_runs"}
+FIXTURE_GROUPS = {"slurm_env": "engines", "flipped_kfold_runs": "flipped_kfold_runs", "ddp_runs": "ddp_runs"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist names each item by its group: markers added later are ignored
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())

@@ -58,6 +58,7 @@ def _train(*overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_train_on_a_full_disk_keeps_its_checkpoint_and_the_rerun_only_predicts(demo_root, weights_dir, tmp_path, tmpfs):
     preds = tmpfs("preds", 1024)
     filler = fill(preds)
@@ -86,6 +87,7 @@ def test_train_on_a_full_disk_keeps_its_checkpoint_and_the_rerun_only_predicts(d
     assert (preds / "tiny_squish32_32.pt").is_file() and not list(folder.parent.iterdir())
 
 
+@pytest.mark.slow
 def test_a_checkpoint_on_a_full_disk_is_one_line(demo_root, weights_dir, tmp_path, tmpfs):
     checkpoints = tmpfs("checkpoints", 4096)  # a tiny run's checkpoint (model and Adam's state) is ~40 MB
     out = _train(
@@ -120,6 +122,7 @@ def blend_inputs(tmp_path) -> list[str]:
     return [f"data.root={root}", f"paths.preds={tmp_path / 'preds'}"]
 
 
+@pytest.mark.slow
 def test_blend_on_a_full_disk_is_one_line_and_keeps_the_set(blend_inputs, tmpfs):
     out = tmpfs("submissions", 1024)
     command = [sys.executable, "-m", "pipeline.blend", *blend_inputs, f"blend.output={out / 'sub.csv'}"]
@@ -181,6 +184,7 @@ print(k - 1)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", [True, False], ids=["first set", "over an old set"])
 def test_a_kill_at_any_rename_leaves_the_old_set_or_the_new_one(blend_inputs, tmp_path, first):
     out, pristine, results = tmp_path / "out", tmp_path / "pristine", tmp_path / "results"

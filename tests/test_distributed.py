@@ -1,5 +1,5 @@
 """One run on two processes (DDP, gloo on this machine's CPUs): started by torchrun, by train.devices=2 and by a
-SLURM job of two tasks, each a real tiny run. Two runs started once per module serve several tests: torchrun's
+SLURM job of two tasks, each a real tiny run. Two runs started once per session serve several tests: torchrun's
 and train.devices=2's, with a one-process run of the same effective batch beside them."""
 
 import os
@@ -55,9 +55,11 @@ def the_log(outputs: Path) -> str:
     return log.read_text()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ddp_runs(demo_root, weights_dir, tmp_path_factory):
-    """The same seeded tiny run trained by torchrun's 2 ranks and by train.devices=2 (each in its own outputs)."""
+    """The same seeded tiny run trained by torchrun's 2 ranks and by train.devices=2 (each in its own outputs).
+    Once per session, on the one worker that runs its tests (tests/conftest.py: FIXTURE_GROUPS): a module fixture
+    was built again whenever xdist handed that worker another module's test in between."""
     runs = {}
     for how in ("torchrun", "devices"):
         outputs = tmp_path_factory.mktemp(how)
