@@ -262,7 +262,9 @@ def test_a_slurm_job_of_two_tasks_trains_one_kfold_run_with_lr_find_on_two_ranks
     found = re.findall(rf"run {run}: lr_find suggests lr (\S+)", text)
     assert len(found) == 2 and found[0] == found[1]  # found once, remembered by the requeued attempt
     assert re.search(rf"run {run} epoch 2/2: rank 1 of 2 trained on 8 of 30 images", text)  # after the requeue
-    assert f"Requeued job {job_id}" in text  # submitit's line, logged by rank 0's task
+    # submitit's line, logged by rank 0's task before it asks for the requeue (its "Requeued job" line comes after
+    # `scontrol requeue`, and SLURM may end the step before it is written: seen once in test_launchers)
+    assert "Caught signal SIGUSR2" in text
     preds = predictions.load(outputs / "preds" / f"{run}.pt")
     assert (preds.environment["world_size"], preds.environment["restarts"], preds.split["fold"]) == (2, 1, 1)
     assert not list((outputs / "checkpoints").iterdir())

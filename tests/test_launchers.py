@@ -291,7 +291,9 @@ def test_slurm_sweep_one_job_per_run_and_a_timed_out_job_requeued_resumes(demo_r
     assert (long_job["job_id"], long_job["attempts"], long_job["restarts"]) == (job_id, 2, 1)
     assert short_job["attempts"] == 1 and short_job["job_id"] != job_id
     submitit_log = (sweep_dir / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
-    assert "Caught signal SIGUSR2" in submitit_log and f"Requeued job {job_id}" in submitit_log
+    # not submitit's "Requeued job" line: it follows `scontrol requeue`, and SLURM may end the step before it is
+    # written (seen once); the requeue itself is shown by the restarts and attempts above and the resume below
+    assert "Caught signal SIGUSR2" in submitit_log
     train_log = Path(long_job["log"]).read_text()
     assert re.search(r"run tiny_long: resuming from .*epoch\d\.pth \(1 of 2 epochs done\)", train_log)
     env = predictions.load(outputs / "preds" / "tiny_long.pt").environment
