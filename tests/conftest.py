@@ -32,9 +32,17 @@ from tests.kaggle_stand_in import KEY, USERNAME
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 PADDY_SAMPLE = REPO.parent / "shared" / "paddy-sample"
+
+
 # What the tests train on: a CUDA GPU where one is visible (with fp16, as users train), else the CPU, so the
 # same suite checks the GPU path on a GPU machine. PIPELINE_TEST_DEVICE=cpu keeps a GPU machine on the CPU.
-DEVICE = os.environ.get("PIPELINE_TEST_DEVICE") or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+def _test_device() -> str:
+    import torch
+
+    return os.environ.get("PIPELINE_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+DEVICE = _test_device()
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 

@@ -104,6 +104,18 @@ def build_learner(
     return learn.to_fp16() if device == "cuda" else learn
 
 
+# fp16's gradient scaler skips the steps whose gradients overflow while it finds its scale, halving it from 2**16
+# at each skip: after 16 skips in a row it is down to 1
+MAX_SKIPPED_STEPS = 16
+
+
+def step_taken(learn: Learner) -> bool:
+    """Whether the optimizer step just made (read in after_step) was taken: not skipped by fp16's scaler. A skipped
+    step changes no weight and makes no optimizer state."""
+    fp16 = getattr(learn, "mixed_precision", None)
+    return fp16 is None or not fp16.skipped
+
+
 @contextmanager
 def fastai_device(device: str) -> Iterator[None]:
     """fastai's default device set to `device` while the learner is built. vision_learner makes its Normalize

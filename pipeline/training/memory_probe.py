@@ -29,7 +29,6 @@ from pipeline.training.specs import RunSpec
 
 log = logging.getLogger(__name__)
 GB = 1024**3
-MAX_SKIPPED_STEPS = 16  # fp16's scaler halves its scale from 2**16 at each skip: 1 is reached after 16
 
 
 @dataclass
@@ -63,14 +62,13 @@ def _train_steps(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_kw
     2**16 each time): those make no optimizer state and do not count, or the peak would miss Adam's state."""
     from fastai.callback.core import Callback, CancelFitException
 
-    from pipeline.training.learner import run_learner
+    from pipeline.training.learner import MAX_SKIPPED_STEPS, run_learner, step_taken
 
     steps = cfg.probe.steps
 
     class StopAfterSteps(Callback):
         def after_step(self) -> None:
-            fp16 = getattr(self.learn, "mixed_precision", None)
-            if fp16 is not None and fp16.skipped:
+            if not step_taken(self.learn):
                 return
             self.done = getattr(self, "done", 0) + 1
             if self.done >= steps:
