@@ -8,7 +8,7 @@ own code, composes the crop with the affine and warp coordinates, and samples on
 
 Validation (and TTA's plain pass) is the crop alone, as in fastai, whose affine is then the identity.
 In training the result differs from fastai's only by interpolation (one bilinear sample instead of
-two); tests/test_fast_paths.py measures that difference on real photos.
+two); tests/test_data_paths.py measures that difference on real photos.
 """
 
 from __future__ import annotations
