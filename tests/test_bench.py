@@ -1,7 +1,6 @@
 """The benchmark CLI: its config, its data and one tiny real run (figures are not checked: timings
 belong to the benchmark's output, never to assertions)."""
 
-import subprocess
 import sys
 
 import pandas as pd
@@ -9,6 +8,7 @@ import pytest
 
 from pipeline.benchmark import replicate_sample
 from pipeline.data.competition import scan_competition
+from tests import warm_python
 from tests.conftest import PADDY_SAMPLE, REPO, compose
 
 
@@ -56,7 +56,7 @@ def test_bench_cli_runs_and_reports_every_figure(tmp_path, weights_dir):
         "bench.repeats=1",
         "bench.limit_steps=1",
     ]
-    out = subprocess.run(
+    out = warm_python.run(
         [sys.executable, "-m", "pipeline.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=900
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -3,7 +3,6 @@ in two folds, blended with every weighting; the report and the refusal to search
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pandas as pd
@@ -12,6 +11,7 @@ import pytest
 from pipeline import predictions
 from pipeline.ensemble.writing import blend
 from pipeline.training.jobs import train_model
+from tests import warm_python
 from tests.conftest import REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def test_kfold_variant_becomes_one_out_of_fold_member(demo_root, kfold_preds, tm
 
 
 def _cli(*args):
-    return subprocess.run(
+    return warm_python.run(
         [sys.executable, "-m", "pipeline.blend", *args], cwd=REPO, capture_output=True, text=True, timeout=600
     )
 

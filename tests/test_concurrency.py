@@ -8,6 +8,7 @@ import time
 import pytest
 
 from pipeline.training.jobs import run_lock, train_model
+from tests import warm_python
 from tests.conftest import PADDY_SAMPLE, REPO, compose, tiny_run_overrides
 
 OPEN_CACHE = """
@@ -31,7 +32,7 @@ print("rows", len(cache.rows), "digest", hashlib.sha256(cache.array.tobytes()).h
 def test_two_jobs_starting_together_build_the_image_cache_once(tmp_path):
     cache_dir, go = tmp_path / "cache", tmp_path / "go"
     jobs = [
-        subprocess.Popen(
+        warm_python.Popen(
             [sys.executable, "-c", OPEN_CACHE, str(cache_dir), str(PADDY_SAMPLE), str(go)],
             cwd=REPO,
             stdout=subprocess.PIPE,

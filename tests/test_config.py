@@ -11,6 +11,7 @@ from omegaconf.errors import ValidationError
 
 from pipeline.errors import PipelineError
 from pipeline.training.specs import resolve_runs, variant_name
+from tests import warm_python
 from tests.conftest import CONF, REPO, compose
 
 REFERENCE = {  # fast.ai lesson 7's final six runs: arch, resize, item size, aug size, blend weight
@@ -100,7 +101,7 @@ def test_bad_variant_values_are_one_clear_error(override, message):
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    return warm_python.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_cli_prints_composed_reference_config():
@@ -126,7 +127,8 @@ def test_cli_modules_do_not_import_heavy_libraries():
         " pipeline.training.loggers, hydra_plugins.paddy_pipeline.launchers;"
         "print(sorted(m for m in ('fastai', 'timm', 'kaggle') if m in sys.modules))"
     )
-    out = _cli("-c", code)
+    # a fresh interpreter: the warm one the other CLI tests fork from has imported them all
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -416,7 +418,7 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 def test_jobs_started_in_the_same_second_get_a_folder_each(tmp_path):
     start = math.ceil(time.time()) + 5.05  # past the imports, at the start of a second
     jobs = [
-        subprocess.Popen(
+        warm_python.Popen(
             [sys.executable, "-c", AT, str(start), "pipeline.blend", f"paths.outputs={tmp_path}", f"blend.seed={i}"],
             cwd=REPO,
             stdout=subprocess.PIPE,

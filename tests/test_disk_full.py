@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.fileio import DiskFull
 from pipeline.kaggle import ledger
+from tests import warm_python
 from tests.conftest import REPO, tiny_run_overrides
 from tests.factories import make_preds
 
@@ -55,7 +56,7 @@ def error_lines(stderr: str) -> list[str]:
 
 def _train(*overrides: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "pipeline.train", *overrides]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    return warm_python.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow
@@ -126,10 +127,10 @@ def blend_inputs(tmp_path) -> list[str]:
 def test_blend_on_a_full_disk_is_one_line_and_keeps_the_set(blend_inputs, tmpfs):
     out = tmpfs("submissions", 1024)
     command = [sys.executable, "-m", "pipeline.blend", *blend_inputs, f"blend.output={out / 'sub.csv'}"]
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    warm_python.run(command, cwd=REPO, check=True, capture_output=True)
     before = _blend_set(out)
     filler = fill(out, leave_kb=8)
-    full = subprocess.run([*command, "+blend.weights.y=5"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    full = warm_python.run([*command, "+blend.weights.y=5"], cwd=REPO, capture_output=True, text=True, timeout=300)
     print(full.stderr)
     assert full.returncode == 2
     (line,) = error_lines(full.stderr)
@@ -137,7 +138,7 @@ def test_blend_on_a_full_disk_is_one_line_and_keeps_the_set(blend_inputs, tmpfs)
     assert f"free on {out}): free space and run the same command again" in line
     assert _blend_set(out) == before and len(before) == 5
     filler.unlink()
-    subprocess.run([*command, "+blend.weights.y=5"], cwd=REPO, check=True, capture_output=True)
+    warm_python.run([*command, "+blend.weights.y=5"], cwd=REPO, check=True, capture_output=True)
     assert _blend_set(out)["sub.csv.json"] != before["sub.csv.json"]
 
 
@@ -191,11 +192,11 @@ def test_a_kill_at_any_rename_leaves_the_old_set_or_the_new_one(blend_inputs, tm
     old_overrides = [*blend_inputs, f"blend.output={out / 'sub.csv'}"]
     out.mkdir()
     if not first:
-        subprocess.run([sys.executable, "-m", "pipeline.blend", *old_overrides], cwd=REPO, check=True)
+        warm_python.run([sys.executable, "-m", "pipeline.blend", *old_overrides], cwd=REPO, check=True)
     old = _blend_set(out)
     shutil.copytree(out, pristine, symlinks=True)  # the old state, restored before each kill
     script = [sys.executable, "-c", KILLED_WRITES, str(pristine), str(out), str(results)]
-    done = subprocess.run([*script, *old_overrides, "+blend.weights.y=5"], cwd=REPO, capture_output=True, text=True)
+    done = warm_python.run([*script, *old_overrides, "+blend.weights.y=5"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     steps = int(done.stdout)
     assert steps >= (10 if first else 2)  # first: each name's link (a symlink and a rename each), then the switch

@@ -16,6 +16,7 @@ import torch
 
 from pipeline import predictions
 from pipeline.launchers.report import sweep_jobs
+from tests import warm_python
 from tests.conftest import REPO, compose, tiny_run_overrides
 from tests.test_launchers import _slurm, processes
 
@@ -77,7 +78,7 @@ def ddp_runs(demo_root, weights_dir, tmp_path_factory):
             ]
         else:
             command = [sys.executable, "-m", "pipeline.train", *args, "train.devices=2"]
-        out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
+        out = warm_python.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         runs[how] = (outputs, out)
     return runs
@@ -141,7 +142,7 @@ def test_time_budget_kill_of_a_rank_and_resume_with_a_finished_run_skipped(ddp_r
 
     def run(*extra: str) -> subprocess.CompletedProcess:
         shutil.rmtree(outputs / "runs", ignore_errors=True)
-        return subprocess.run([*command(), *extra], cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300)
+        return warm_python.run([*command(), *extra], cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300)
 
     stopped = run("train.time_budget_h=0.00001")
     assert stopped.returncode == 3, stopped.stderr[-3000:]
@@ -156,7 +157,7 @@ def test_time_budget_kill_of_a_rank_and_resume_with_a_finished_run_skipped(ddp_r
     slow = f", {{_target_: tests.callbacks.SlowBatches, seconds: 1.0, after: '{after}'}}"
     shutil.rmtree(outputs / "runs", ignore_errors=True)
     err = (tmp_path / "stderr.log").open("w")
-    job = subprocess.Popen(
+    job = warm_python.Popen(
         command(slow), cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=ENV, start_new_session=True
     )
     try:
@@ -221,7 +222,7 @@ def test_a_slurm_job_of_two_tasks_trains_one_kfold_run_with_lr_find_on_two_ranks
         callbacks=f", {{_target_: tests.callbacks.SlowBatches, seconds: 1.0, after: '{after}'}}",
     )
     log = (tmp_path / "sweep.log").open("w")
-    sweep = subprocess.Popen(
+    sweep = warm_python.Popen(
         [sys.executable, "-m", "pipeline.train", "-m", *args],
         cwd=REPO,
         stdout=log,

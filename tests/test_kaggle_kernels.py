@@ -31,6 +31,7 @@ from pipeline.training.jobs import train_model
 from pipeline.training.provenance import run_hash
 from pipeline.training.recipe import GROUPS
 from pipeline.training.specs import resolve_runs
+from tests import warm_python
 from tests.conftest import FASHION_MNIST, compose
 from tests.kaggle_stand_in import KEY, USERNAME, KaggleStandIn, route_kaggle_api, tree_digest
 
@@ -85,7 +86,7 @@ LAUNCHER = [
 
 def routed(stand_in: KaggleStandIn, module: str, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "tests/routed_cli.py", stand_in.base_url, module, *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return warm_python.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 def session_log(stand_in: KaggleStandIn, ref: str, number: int) -> str:
@@ -103,7 +104,7 @@ def test_a_sweep_trains_in_kaggle_notebooks_resumes_after_the_time_budget_and_bl
 
     # The laptop goes away once both notebooks are pushed: they go on on Kaggle.
     command = [sys.executable, "tests/routed_cli.py", stand_in.base_url, "pipeline.train", "-m", *sweep]
-    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = warm_python.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while len([n for n in notebook_ledger.read(ledger).values() if n.get("version")]) < 2:
         assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
@@ -298,7 +299,7 @@ def test_without_credentials_nothing_is_asked_or_built(stand_in, tiny_demo, tmp_
 
 def test_without_m_the_kaggle_launcher_refuses_to_train_here(tiny_demo, tmp_path):
     command = [sys.executable, "-m", "pipeline.train", *job_overrides(tiny_demo, tmp_path / "outputs"), *LAUNCHER]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = warm_python.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: hydra/launcher=kaggle launches a sweep's jobs: add -m")

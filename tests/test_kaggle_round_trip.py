@@ -24,6 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.kaggle import ledger
 from pipeline.kaggle.competition_files import MARKER, download
 from pipeline.kaggle.uploads import log_table, submit
+from tests import warm_python
 from tests.conftest import compose
 from tests.kaggle_stand_in import KEY, USERNAME, KaggleStandIn, route_kaggle_api
 
@@ -403,7 +404,7 @@ def test_submission_without_message_or_blend_record_is_refused(stand_in, demo, o
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return warm_python.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_download_then_submit_then_list(stand_in, tmp_path):

@@ -3,7 +3,6 @@ and submission_format.csv (id,disease), described by data.* overrides of the pad
 blended for real; and layout names that would leave data.root refused in one line."""
 
 import shutil
-import subprocess
 import sys
 
 import pandas as pd
@@ -18,6 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.kaggle.uploads import label_vocab
 from pipeline.training.jobs import train_model
 from pipeline.training.recipe import recipe_from_config
+from tests import warm_python
 from tests.conftest import PADDY_SAMPLE, REPO, compose, tiny_run_overrides
 
 OTHER = [
@@ -114,7 +114,7 @@ def test_a_layout_name_outside_data_root_is_refused(override, value):
 
 
 def test_the_cli_refuses_an_absolute_folder_in_one_line(tmp_path):
-    out = subprocess.run(
+    out = warm_python.run(
         [sys.executable, "-m", "pipeline.blend", "data.train_dir=/data/train", f"paths.outputs={tmp_path}"],
         cwd=REPO,
         capture_output=True,

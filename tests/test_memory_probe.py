@@ -1,7 +1,6 @@
 """The memory probe on the CPU: real training steps in child processes, one per accum setting."""
 
 import logging
-import subprocess
 import sys
 
 import pytest
@@ -20,6 +19,7 @@ from pipeline.training.memory_probe import (
 )
 from pipeline.training.pretrained import timm_kwargs
 from pipeline.training.specs import resolve_runs
+from tests import warm_python
 from tests.conftest import REPO, compose, tiny_run_overrides
 
 
@@ -97,7 +97,7 @@ def test_probe_child_failing_for_another_reason_stops_with_its_own_error(paddy_r
         "probe.steps=1",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    probe = subprocess.run(
+    probe = warm_python.run(
         [sys.executable, "-m", "pipeline.probe", *overrides], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert probe.returncode == 2, probe.stderr[-2000:]

@@ -2,7 +2,6 @@
 differs from the reference recipe, the recipe is part of the run's identity, fastai's optimizers get the
 configured hyper-parameters, and bad extra targets are one clear line each."""
 
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +18,7 @@ from pipeline.training.optimizers import opt_func
 from pipeline.training.provenance import run_hash
 from pipeline.training.recipe import GROUPS, Recipe, recipe_columns
 from pipeline.training.specs import resolve_runs
+from tests import warm_python
 from tests.conftest import CONF, REPO, compose
 
 GROUP_FILES = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("*.yaml"))]
@@ -243,7 +243,7 @@ def test_bad_extra_target_settings_are_one_clear_line(overrides, message):
 
 def test_cli_names_a_missing_column_in_one_line(demo_root, tmp_path):
     command = ["pipeline.train", "+model=effnet_lite0", f"data.root={demo_root}", "data.aux_targets=[variety]"]
-    out = subprocess.run(
+    out = warm_python.run(
         [sys.executable, "-m", *command, f"paths.outputs={tmp_path}"],
         cwd=REPO,
         capture_output=True,

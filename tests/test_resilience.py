@@ -12,6 +12,7 @@ import torch
 
 from pipeline import predictions
 from pipeline.training.jobs import RunsFailed, RunsStopped, train_model
+from tests import warm_python
 from tests.conftest import DEVICE, REPO, THREE_VARIANTS, compose, same_size_swap, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
@@ -149,7 +150,7 @@ def test_kill_during_the_second_run_then_resume(demo_root, weights_dir, tmp_path
         f" after: '{ckpts}/tiny_pad32_32-*/epoch1.pth'}}]",
     )
     log = (tmp_path / "first.log").open("w")
-    job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    job = warm_python.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 400
     # wait until the first run is saved and the second has checkpointed an epoch
     while not ((preds / "tiny_squish32_32.pt").exists() and list(ckpts.glob("tiny_pad32_32-*/epoch1.pth"))):
@@ -165,7 +166,7 @@ def test_kill_during_the_second_run_then_resume(demo_root, weights_dir, tmp_path
     # the epoch and its history, and no run.json: the split seed is configured
     assert sorted(p.name for p in folder.iterdir()) == ["epoch1.callbacks.pth", "epoch1.pth"]
 
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    again = warm_python.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "run tiny_squish32_32: already trained with this config" in again.stdout
     assert "run tiny_pad32_32: resuming from" in again.stdout and "(1 of 2 epochs done)" in again.stdout
@@ -184,7 +185,7 @@ def test_a_broken_weights_file_fails_its_job_while_the_sweep_goes_on(demo_root, 
         for o in tiny_run_overrides(demo_root, weights_dir, tmp_path / "preds")
         if not o.startswith(("model.weights=", "model.name="))
     ]
-    out = subprocess.run(
+    out = warm_python.run(
         _train_cli(
             "-m",
             *overrides,

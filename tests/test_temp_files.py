@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.data.image_cache import open_cache
 from pipeline.fileio import atomic_path
+from tests import warm_python
 from tests.conftest import PADDY_SAMPLE, REPO
 from tests.factories import make_run
 
@@ -35,7 +36,7 @@ def writer():
     started = []
 
     def start(target):
-        proc = subprocess.Popen(
+        proc = warm_python.Popen(
             [sys.executable, "-c", WRITER, str(target)], cwd=REPO, stdout=subprocess.PIPE, text=True
         )
         started.append(proc)
@@ -109,7 +110,7 @@ open_cache(Path(sys.argv[1]), run, [Path(p) for p in sys.argv[2:]] * 500)
 @pytest.mark.slow  # decodes photos until killed, into a 2000-image cache file (55 MB)
 def test_kill_9_during_a_cache_build_leaves_nothing_once_the_cache_is_opened_again(tmp_path, photos):
     cache_dir = tmp_path / "cache"
-    job = subprocess.Popen([sys.executable, "-c", BUILDER, str(cache_dir), *map(str, photos)], cwd=REPO)
+    job = warm_python.Popen([sys.executable, "-c", BUILDER, str(cache_dir), *map(str, photos)], cwd=REPO)
     deadline = time.monotonic() + 120
     while not list(cache_dir.glob(".*.npy.*.tmp")):
         assert job.poll() is None, "the build ended before it could be killed"

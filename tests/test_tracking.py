@@ -18,6 +18,7 @@ from pipeline import predictions
 from pipeline.curves import curves_png, history_csv
 from pipeline.training.jobs import RunsStopped, train_model
 from pipeline.training.loggers.mlflow_logger import flatten
+from tests import warm_python
 from tests.conftest import DEVICE, REPO, compose, tiny_run_overrides
 
 RUN = "tiny_squish32_32"
@@ -110,7 +111,7 @@ def test_a_cli_run_logs_to_mlflow_and_its_log_has_a_line_per_epoch(demo_root, we
         f"logger.tracking_uri={store}",
     ]
     with open(tmp_path / "stdout.log", "w") as stdout:  # not a terminal: as under SLURM or nohup
-        out = subprocess.run(command, cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=600)
+        out = warm_python.run(command, cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     preds = predictions.load(tmp_path / "preds" / f"{RUN}.pt")
     assert [(r["fit"], r["epoch"], r["step"], r["frozen"]) for r in preds.history] == [

@@ -1,6 +1,5 @@
 """Real training on real images: tiny runs of tf_efficientnet_lite0 with its real ImageNet weights."""
 
-import subprocess
 import sys
 
 import pandas as pd
@@ -10,6 +9,7 @@ import torch
 from pipeline import predictions
 from pipeline.errors import PipelineError
 from pipeline.training.jobs import train_model
+from tests import warm_python
 from tests.conftest import DEVICE, REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def test_too_few_images_for_one_batch_is_refused_before_any_run(demo_root, weigh
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    return warm_python.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 def test_cli_trains_two_runs_on_real_paddy_photos_and_blends_them(paddy_root, weights_dir, tmp_path):
