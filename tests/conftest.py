@@ -19,7 +19,7 @@ from typing import Any
 # threads waiting for a core another process holds spin: on this shared 2-core machine a 32 px demo run took
 # 26-35 s of wall time (25 s of CPU) with torch's default 2 threads and 2.3 s with 1; a vit_large training
 # step, 21 s with 1 thread and 27-42 s with 2. Set OMP_NUM_THREADS to choose another count.
-# tests/test_model_files.py gives its large models every core while it runs alone in this process.
+# tests/test_model_files.py gives its large models its share of the cores (all of them when it runs alone).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 if "torch" in sys.modules:  # imported before this file (by a plugin): the variable came too late
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

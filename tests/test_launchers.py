@@ -17,6 +17,7 @@ import pytest
 from pipeline import predictions
 from pipeline.ensemble.writing import blend
 from pipeline.launchers.report import sweep_jobs
+from tests import warm_python
 from tests.conftest import REPO, compose, tiny_run_overrides
 
 pytestmark = pytest.mark.slow
@@ -49,11 +50,11 @@ def run_statuses(outputs: Path) -> dict[str, str]:
     return {run["run"]: run["status"] for job in sweep_jobs(the_sweep_dir(outputs)) for run in job.get("runs", [])}
 
 
-def sweep_twice_over_tta(command: list[str], outputs: Path, env: dict[str, str] | None = None) -> None:
+def sweep_twice_over_tta(command: list[str], outputs: Path) -> None:
     """A sweep over tta.n (not in the run name before) leaves a file per value; the same sweep again skips both."""
     for expected in ("trained", "skipped"):
         shutil.rmtree(outputs / "runs", ignore_errors=True)  # this sweep's records only
-        out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+        out = warm_python.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0 and "2 jobs, 2 ok, 0 failed" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
         names = ["tiny_squish32_32_tta1", "tiny_squish32_32_tta2"]
         assert sorted(p.stem for p in (outputs / "preds").glob("*.pt")) == names
@@ -63,9 +64,22 @@ def sweep_twice_over_tta(command: list[str], outputs: Path, env: dict[str, str] 
         assert preds.config["tta"]["n"] == n
 
 
-def test_local_sweep_over_an_option_outside_run_names_is_tagged_or_refused(demo_root, weights_dir, tmp_path):
-    outputs = tmp_path / "outputs"
-    refused = subprocess.run(
+def mlflow_runs(store: str) -> dict[str, object]:
+    """The runs of the `paddy` experiment in an MLflow store, by name (each name once)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("paddy").experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert len(by_name) == len(runs), sorted(r.info.run_name for r in runs)
+    return by_name
+
+
+def test_local_sweep_over_an_option_outside_run_names_is_tagged_or_refused_and_a_rerun_logs_nothing(
+    demo_root, weights_dir, tmp_path
+):
+    outputs, store = tmp_path / "outputs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    refused = warm_python.run(
         sweep_command(demo_root, weights_dir, outputs, "data.seed=1,7", replaces=()),
         cwd=REPO,
         capture_output=True,
@@ -76,7 +90,10 @@ def test_local_sweep_over_an_option_outside_run_names_is_tagged_or_refused(demo_
     assert line.startswith("error: jobs 0 (data.seed=1) and 1 (data.seed=7) would both write ")
     assert "data.seed is not part of a run's name" in line and "paths.preds=" in line
 
-    sweep_twice_over_tta(sweep_command(demo_root, weights_dir, outputs, "tta.n=1,2", replaces=()), outputs)
+    logger = ("logger=mlflow", f"logger.tracking_uri={store}")
+    sweep_twice_over_tta(sweep_command(demo_root, weights_dir, outputs, "tta.n=1,2", *logger, replaces=()), outputs)
+    # each run logged once: the second sweep skipped both and logged nothing
+    assert sorted(mlflow_runs(store)) == ["tiny_squish32_32_tta1", "tiny_squish32_32_tta2"]
 
 
 # --- Ray: hydra/launcher=gpus ---
@@ -104,8 +121,10 @@ def ray_cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_then_blended(demo_root, weights_dir, tmp_path, ray_cluster):
-    outputs = tmp_path / "outputs"
+def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_logged_to_one_mlflow_store_then_blended(
+    demo_root, weights_dir, tmp_path, ray_cluster
+):
+    outputs, store = tmp_path / "outputs", f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = sweep_command(
         demo_root,
         weights_dir,
@@ -113,8 +132,11 @@ def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_then_blended(demo_roo
         variants("a", "b", "c", "boom:lr=1.0e+12"),  # boom's loss diverges: its job fails
         "train.variant=a,b,c,boom",
         "hydra/launcher=gpus",
+        # jobs running two at a time on Ray's two GPUs log to one SQLite store (made by whichever comes first)
+        "logger=mlflow",
+        f"logger.tracking_uri={store}",
     )
-    out = subprocess.run(
+    out = warm_python.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ | {"RAY_ADDRESS": ray_cluster}
     )
     print(out.stdout)  # the sweep's report, shown with -s
@@ -143,33 +165,21 @@ def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_then_blended(demo_roo
         assert env["cuda_visible_devices"] == job["cuda_visible_devices"] and env["launcher"] == "gpus"
         assert env["job_id"] == job["job_id"] and env["host"]
 
+    runs = mlflow_runs(store)
+    assert {name: run.info.status for name, run in runs.items()} == {
+        "tiny_a": "FINISHED",
+        "tiny_b": "FINISHED",
+        "tiny_c": "FINISHED",
+        "tiny_boom": "FAILED",
+    }
+    for job, name in zip(jobs, ("tiny_a", "tiny_b", "tiny_c", "tiny_boom"), strict=True):
+        tags = runs[name].data.tags
+        assert (tags["launcher"], tags["cuda_visible_devices"]) == ("gpus", job["cuda_visible_devices"]), name
+
     output = tmp_path / "submission.csv"
     blend(compose("blend", ["data=demo", f"data.root={demo_root}", f"paths.preds={preds}", f"blend.output={output}"]))
     submission = pd.read_csv(output)
     assert list(submission.image_id) == list(pd.read_csv(demo_root / "sample_submission.csv").image_id)
-
-
-def test_ray_sweep_over_tta_keeps_a_file_per_value_and_a_rerun_skips_both_logging_to_one_mlflow_store(
-    demo_root, weights_dir, tmp_path, ray_cluster
-):
-    from mlflow import MlflowClient
-
-    outputs, store = tmp_path / "outputs", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # the two jobs run at once on Ray's two GPUs and log to one SQLite store (made by whichever comes first)
-    logger = ("logger=mlflow", f"logger.tracking_uri={store}")
-    command = sweep_command(demo_root, weights_dir, outputs, "tta.n=1,2", "hydra/launcher=gpus", *logger, replaces=())
-    sweep_twice_over_tta(command, outputs, os.environ | {"RAY_ADDRESS": ray_cluster})
-
-    client = MlflowClient(tracking_uri=store)
-    runs = client.search_runs([client.get_experiment_by_name("paddy").experiment_id])
-    # both jobs' runs, once each: the second sweep skipped them and logged nothing
-    assert sorted(r.info.run_name for r in runs) == ["tiny_squish32_32_tta1", "tiny_squish32_32_tta2"]
-    for run in runs:
-        history = client.get_metric_history(run.info.run_id, "train_loss")
-        assert run.info.status == "FINISHED" and [m.step for m in history] == [0, 1]
-        assert run.data.tags["launcher"] == "gpus" and run.data.tags["cuda_visible_devices"] in ("0", "1")
-    overlap = min(r.info.end_time for r in runs) - max(r.info.start_time for r in runs)
-    print(f"the two MLflow runs were open at once for {overlap / 1000:.1f} s")  # negative: one after the other
 
 
 def processes(pgid: int, mark: str) -> list[str]:
@@ -204,7 +214,7 @@ def test_ctrl_c_stops_a_ray_sweep_keeping_checkpoints_and_leaving_no_process(dem
     )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
     stdout, stderr = (tmp_path / "stdout.log").open("w"), (tmp_path / "stderr.log").open("w")
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=stdout, stderr=stderr, env=env, start_new_session=True)
+    sweep = warm_python.Popen(command, cwd=REPO, stdout=stdout, stderr=stderr, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 400
         while not list((outputs / "checkpoints").glob("tiny_*-*/epoch*.pth")):
@@ -259,7 +269,7 @@ def test_slurm_sweep_one_job_per_run_and_a_timed_out_job_requeued_resumes(demo_r
     )
     log = (tmp_path / "sweep.log").open("w")
     env = slurm_env | {"OMP_NUM_THREADS": "1"}  # one torch thread per job, as the one core it was given
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    sweep = warm_python.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 400
         while not list((outputs / "checkpoints").glob("tiny_long-*/epoch1.pth")):
@@ -320,7 +330,7 @@ def test_ctrl_c_leaves_slurm_jobs_running_and_says_how_to_follow_or_cancel_them(
     )
     env = slurm_env | {"OMP_NUM_THREADS": "1"}
     out, err = (tmp_path / "stdout.log").open("w"), (tmp_path / "stderr.log").open("w")
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, env=env, start_new_session=True)
+    sweep = warm_python.Popen(command, cwd=REPO, stdout=out, stderr=err, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         # Ctrl-C while the command waits for its job: once sbatch has returned and the job id is logged

@@ -36,9 +36,12 @@ def one_step():
 
 @pytest.fixture
 def all_cores():
-    """Large models at real sizes use every core (the suite's other tests run one torch thread: conftest)."""
+    """Large models at real sizes use this test process's share of the cores (the suite's other tests run one
+    torch thread: conftest): every core when it runs alone, one of two beside another xdist worker, where a
+    second thread only spins waiting for a core the other worker holds."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     yield
     torch.set_num_threads(threads)
 
