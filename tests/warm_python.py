@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def serve(path: str) -> dict:
                 os.close(fd)
             children[pid] = conn
         _reap(children)
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)  # its socket and log: the tests are over
     sys.exit(0)
 
 
