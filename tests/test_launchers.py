@@ -129,8 +129,8 @@ def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_logged_to_one_mlflow_
         demo_root,
         weights_dir,
         outputs,
-        variants("a", "b", "c", "boom:lr=1.0e+12"),  # boom's loss diverges: its job fails
-        "train.variant=a,b,c,boom",
+        variants("a", "b", "boom:lr=1.0e+12"),  # boom's loss diverges: its job fails
+        "train.variant=a,b,boom",
         "hydra/launcher=gpus",
         # jobs running two at a time on Ray's two GPUs log to one SQLite store (made by whichever comes first)
         "logger=mlflow",
@@ -143,24 +143,24 @@ def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_logged_to_one_mlflow_
     assert out.returncode == 2, out.stderr[-3000:]
     assert "error: 1 job(s) failed:" in out.stderr and "train.variant=boom" in out.stderr
     assert "NonFiniteLoss" in out.stderr and "Traceback" not in out.stderr
-    assert "4 jobs, 3 ok, 1 failed" in out.stdout
+    assert "3 jobs, 2 ok, 1 failed" in out.stdout
 
     # every run was given a GPU of its own: the two GPUs alternate, never shared by jobs running together
     jobs = sweep_jobs(the_sweep_dir(outputs))
-    assert [j["status"] for j in jobs] == ["ok", "ok", "ok", "failed"]
+    assert [j["status"] for j in jobs] == ["ok", "ok", "failed"]
     assert {j["cuda_visible_devices"] for j in jobs} == {"0", "1"} and {j["launcher"] for j in jobs} == {"gpus"}
     for job in jobs:  # the most jobs run at once at some job's start: count those running then
         running = [o for o in jobs if o["started"] <= job["started"] < o["ended"]]
         assert len(running) <= 2 and len({o["cuda_visible_devices"] for o in running}) == len(running)
     first_end = min(j["ended"] for j in jobs)
-    assert sum(j["started"] >= first_end for j in jobs) >= 2  # two jobs waited for a GPU to be free
+    assert sum(j["started"] >= first_end for j in jobs) >= 1  # a job waited for a GPU to be free
     report = out.stdout[out.stdout.index("sweep ") :]
     for job in jobs:
         assert re.search(rf"^{job['num']} .* gpu {job['cuda_visible_devices']} job ", report, re.M)
 
     preds = outputs / "preds"
-    assert sorted(p.name for p in preds.glob("*.pt")) == ["tiny_a.pt", "tiny_b.pt", "tiny_c.pt"]
-    for job, name in zip(jobs, "abc", strict=False):
+    assert sorted(p.name for p in preds.glob("*.pt")) == ["tiny_a.pt", "tiny_b.pt"]
+    for job, name in zip(jobs, "ab", strict=False):
         env = predictions.load(preds / f"tiny_{name}.pt").environment
         assert env["cuda_visible_devices"] == job["cuda_visible_devices"] and env["launcher"] == "gpus"
         assert env["job_id"] == job["job_id"] and env["host"]
@@ -169,10 +169,9 @@ def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_logged_to_one_mlflow_
     assert {name: run.info.status for name, run in runs.items()} == {
         "tiny_a": "FINISHED",
         "tiny_b": "FINISHED",
-        "tiny_c": "FINISHED",
         "tiny_boom": "FAILED",
     }
-    for job, name in zip(jobs, ("tiny_a", "tiny_b", "tiny_c", "tiny_boom"), strict=True):
+    for job, name in zip(jobs, ("tiny_a", "tiny_b", "tiny_boom"), strict=True):
         tags = runs[name].data.tags
         assert (tags["launcher"], tags["cuda_visible_devices"]) == ("gpus", job["cuda_visible_devices"]), name
 
