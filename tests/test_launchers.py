@@ -121,6 +121,25 @@ def ray_cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def check_ray_jobs_mlflow_runs(store: str, jobs: list[dict]) -> None:
+    """The Ray sweep's runs in its MLflow store: a and b finished with a loss per epoch, boom failed; each
+    tagged with its job's launcher and GPU."""
+    from mlflow import MlflowClient
+
+    runs = mlflow_runs(store)
+    assert {name: run.info.status for name, run in runs.items()} == {
+        "tiny_a": "FINISHED",
+        "tiny_b": "FINISHED",
+        "tiny_boom": "FAILED",
+    }
+    for job, name in zip(jobs, ("tiny_a", "tiny_b", "tiny_boom"), strict=True):
+        tags = runs[name].data.tags
+        assert (tags["launcher"], tags["cuda_visible_devices"]) == ("gpus", job["cuda_visible_devices"]), name
+    for name in ("tiny_a", "tiny_b"):  # fine_tune's frozen epoch and the run's one: an MLflow step each
+        history = MlflowClient(tracking_uri=store).get_metric_history(runs[name].info.run_id, "train_loss")
+        assert [m.step for m in history] == [0, 1], name
+
+
 def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_logged_to_one_mlflow_store_then_blended(
     demo_root, weights_dir, tmp_path, ray_cluster
 ):
@@ -165,15 +184,7 @@ def test_ray_sweep_one_gpu_per_job_queued_failure_isolated_logged_to_one_mlflow_
         assert env["cuda_visible_devices"] == job["cuda_visible_devices"] and env["launcher"] == "gpus"
         assert env["job_id"] == job["job_id"] and env["host"]
 
-    runs = mlflow_runs(store)
-    assert {name: run.info.status for name, run in runs.items()} == {
-        "tiny_a": "FINISHED",
-        "tiny_b": "FINISHED",
-        "tiny_boom": "FAILED",
-    }
-    for job, name in zip(jobs, ("tiny_a", "tiny_b", "tiny_boom"), strict=True):
-        tags = runs[name].data.tags
-        assert (tags["launcher"], tags["cuda_visible_devices"]) == ("gpus", job["cuda_visible_devices"]), name
+    check_ray_jobs_mlflow_runs(store, jobs)
 
     output = tmp_path / "submission.csv"
     blend(compose("blend", ["data=demo", f"data.root={demo_root}", f"paths.preds={preds}", f"blend.output={output}"]))

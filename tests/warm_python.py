@@ -151,8 +151,8 @@ _start_lock = threading.Lock()
 
 
 def _server_path() -> str:
-    """The server's socket, started on first use: its start (the imports) overlaps nothing, as the first command
-    would have paid the same."""
+    """The server's socket. The server starts on first use: the first command waits for its imports, as it would
+    have waited for a fresh interpreter's."""
     with _start_lock:
         if "path" not in _server:
             folder = tempfile.mkdtemp(prefix="warm", dir="/tmp")  # short: a socket's path must fit 107 bytes
@@ -211,24 +211,20 @@ class Popen(subprocess.Popen):
         line, self._warm_read = self._warm_read.split(b"\n", 1)
         return line
 
-    def _try_wait(self, wait_flags: int) -> tuple[int, int]:
-        """The server's report of the child's wait status: (pid, status), or (0, 0) while it runs (WNOHANG)."""
-        line = self._warm_line(block=not wait_flags & os.WNOHANG)
+    def _warm_waitpid(self, pid: int, flags: int) -> tuple[int, int]:
+        """os.waitpid for the server's child: its raw wait status as the server reports it, or (0, 0) while it
+        runs (WNOHANG)."""
+        line = self._warm_line(block=not flags & os.WNOHANG)
         if line is None:
             return 0, 0
         self._warm_conn.close()
-        return self.pid, int(line)
+        return pid, int(line)
+
+    def _try_wait(self, wait_flags: int) -> tuple[int, int]:
+        return self._warm_waitpid(self.pid, wait_flags)
 
     def _internal_poll(self, _deadstate=None, **_):
-        if self.returncode is None and self._waitpid_lock.acquire(False):
-            try:
-                if self.returncode is None:
-                    pid, status = self._try_wait(os.WNOHANG)
-                    if pid == self.pid:
-                        self._handle_exitstatus(status)
-            finally:
-                self._waitpid_lock.release()
-        return self.returncode
+        return super()._internal_poll(_deadstate, _waitpid=self._warm_waitpid)
 
 
 def run(args, *, input=None, capture_output=False, timeout=None, check=False, **kwargs) -> subprocess.CompletedProcess:
@@ -259,9 +255,9 @@ def main() -> None:
     code, interrupted = 0, False
     try:
         run_request(request)
-    except SystemExit as e:
+    except SystemExit as e:  # as Python treats sys.exit's argument: a number, None, or a message and 1
         code = e.code if isinstance(e.code, int) or e.code is None else 1
-        if not isinstance(e.code, int) and e.code is not None:
+        if code != e.code:
             print(e.code, file=sys.stderr)
     except KeyboardInterrupt:
         interrupted = True
