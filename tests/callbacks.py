@@ -1,4 +1,5 @@
-"""fastai callbacks that tests inject through train.callbacks, to make real runs fail in known ways."""
+"""fastai callbacks that tests inject through train.callbacks, to make real runs fail in known ways, or add to a
+Learner to see what its fit did."""
 
 import glob
 from pathlib import Path
@@ -95,3 +96,28 @@ class SaveWeights(Callback):
 
         if os.environ.get("RANK", "0") == "0":
             torch.save(self.learn.model.state_dict(), self.path)
+
+
+class StepLog(Callback):
+    """Records each optimizer step: taken, or skipped by fp16's gradient scaler while it finds its scale, and the
+    largest gradient of the model's first parameter (the body's stem) and its last (the head's). With `stop`, the
+    fit ends after the first step taken, before validation. `str()` says what the fit did, for a failure's message."""
+
+    def __init__(self, stop: bool = False) -> None:
+        self.stop, self.steps, self.batch_shape = stop, [], None
+
+    def after_step(self) -> None:
+        from fastai.callback.core import CancelFitException
+
+        from pipeline.training.learner import step_taken
+
+        params = list(self.learn.model.parameters())
+        grads = [None if p.grad is None else float(p.grad.abs().max()) for p in (params[0], params[-1])]
+        self.steps.append((step_taken(self.learn), *grads))
+        self.batch_shape = tuple(self.xb[0].shape)
+        if self.stop and self.steps[-1][0]:
+            raise CancelFitException
+
+    def __str__(self) -> str:
+        taken = [(stem, head) for ok, stem, head in self.steps if ok]
+        return f"{len(taken)} of {len(self.steps)} steps taken; (stem, head) largest gradients of those: {taken}"

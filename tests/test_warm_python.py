@@ -12,11 +12,12 @@ import pytest
 from tests import warm_python
 from tests.conftest import REPO
 
-# What a fresh interpreter sets up and does at its end: argv, sys.path, folder, environment, __main__, an atexit
+# What a fresh interpreter sets up and does at its end: argv, folder, environment, __main__, sys.path, an atexit
 # handler and a non-daemon thread that outlives the main one, output on both streams, then a chosen exit status.
 PROBE = """
 import atexit, os, random, sys, threading, time
-print(sys.argv, sys.path[0], os.getcwd(), os.environ.get("WARM_PROBE"), __name__)
+print(sys.argv, os.getcwd(), os.environ.get("WARM_PROBE"), __name__)
+print(sys.path)
 print("pid", os.getpid(), "random", random.random())
 atexit.register(lambda: print("atexit ran"))
 threading.Thread(target=lambda: (time.sleep(0.3), print("thread ended"))).start()
@@ -32,15 +33,19 @@ def both(command: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, sub
 
 
 def test_a_command_ends_as_in_a_fresh_interpreter(tmp_path):
-    fresh, warm = both([sys.executable, "-c", PROBE, "5"], cwd=tmp_path, env=os.environ | {"WARM_PROBE": "x"})
+    lib = tmp_path / "lib"  # PYTHONPATH: the command's own, ahead of the interpreter's packages
+    env = os.environ | {"WARM_PROBE": "x", "PYTHONPATH": str(lib)}
+    fresh, warm = both([sys.executable, "-c", PROBE, "5"], cwd=tmp_path, env=env)
     assert warm.returncode == fresh.returncode == 5
     assert warm.stderr == fresh.stderr == "to stderr\n"
-    (f_args, f_pid, *f_end), (w_args, w_pid, *w_end) = fresh.stdout.splitlines(), warm.stdout.splitlines()
-    assert w_args == f_args == f"['-c', '5']  {tmp_path} x __main__"
+    f_args, f_path, f_pid, *f_end = fresh.stdout.splitlines()
+    w_args, w_path, w_pid, *w_end = warm.stdout.splitlines()
+    assert w_args == f_args == f"['-c', '5'] {tmp_path} x __main__"
+    assert w_path == f_path and w_path.startswith(f"['', '{lib}', ")
     assert w_end == f_end == ["thread ended", "atexit ran"]
     assert w_pid != f_pid  # a process of its own, its random state its own
     again = warm_python.run([sys.executable, "-c", PROBE, "0"], capture_output=True, text=True)
-    assert again.returncode == 0 and again.stdout.splitlines()[1] not in (w_pid, f_pid)
+    assert again.returncode == 0 and again.stdout.splitlines()[2] not in (w_pid, f_pid)
 
 
 def test_a_cli_refusing_its_input_says_the_same_both_ways(tmp_path):

@@ -31,6 +31,9 @@ from pathlib import Path
 
 PRELOAD = ("torch", "torchvision", "timm", "fastai.vision.all", "hydra", "omegaconf", "pandas", "sklearn")
 HEADER = 8  # bytes of a request's length
+# The server's environment: the test process's as it started (where PYTHONPATH may hold the libraries, as on a GPU
+# machine given them as wheels), not as a test may have patched it when the first command starts the server
+SERVER_ENV = dict(os.environ)
 
 
 # --- the server (its own process: it imports nothing of the tests or of the pipeline) ---
@@ -128,20 +131,28 @@ def run_request(request: dict) -> None:
 
     args = request["args"]
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    base = _interpreter_path()
     if args[0] == "-m":
-        sys.path[0:1] = [os.getcwd(), *extra]
+        sys.path[:] = [os.getcwd(), *extra, *base]
         sys.argv = args[1:]
         runpy._run_module_as_main(args[1], alter_argv=True)
     elif args[0] == "-c":
-        sys.path[0:1] = ["", *extra]
+        sys.path[:] = ["", *extra, *base]
         sys.argv = ["-c", *args[2:]]
         main = types.ModuleType("__main__")
         sys.modules["__main__"] = main
         exec(compile(args[1], "<string>", "exec"), main.__dict__)
     else:
-        sys.path[0:1] = [str(Path(args[0]).resolve().parent), *extra]
+        sys.path[:] = [str(Path(args[0]).resolve().parent), *extra, *base]
         sys.argv = list(args)
         runpy.run_path(args[0], run_name="__main__")
+
+
+def _interpreter_path() -> list[str]:
+    """The server's sys.path without its script's folder and its PYTHONPATH: those come before the standard
+    library's zip entry, which Python lists whether or not the file exists."""
+    stdlib_zip = f"python{sys.version_info.major}{sys.version_info.minor}.zip"
+    return sys.path[next(i for i, p in enumerate(sys.path) if p.endswith(stdlib_zip)) :]
 
 
 # --- the client (in the test process) ---
@@ -157,10 +168,9 @@ def _server_path() -> str:
         if "path" not in _server:
             folder = tempfile.mkdtemp(prefix="warm", dir="/tmp")  # short: a socket's path must fit 107 bytes
             path = os.path.join(folder, "s")
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
             log = open(os.path.join(folder, "server.log"), "w")  # noqa: SIM115 (the server's life long)
             proc = subprocess.Popen(
-                [sys.executable, __file__, path], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                [sys.executable, __file__, path], env=SERVER_ENV, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
             _server.update(path=path, proc=proc, log=log.name)
         path, proc = _server["path"], _server["proc"]
