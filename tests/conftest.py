@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ from typing import Any
 # step, 21 s with 1 thread and 27-42 s with 2. Set OMP_NUM_THREADS to choose another count.
 # tests/test_model_files.py gives its large models its share of the cores (all of them when it runs alone).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ctrl-C as at a terminal, for the tests that press it. A suite started in the background of a non-interactive
+# shell inherits SIGINT ignored, and so would every command it starts (a Python whose SIGINT is ignored at start
+# raises no KeyboardInterrupt): seen as the three Ctrl-C tests failing. A handler is reset to the default at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 if "torch" in sys.modules:  # imported before this file (by a plugin): the variable came too late
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
