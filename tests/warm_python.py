@@ -130,20 +130,19 @@ def run_request(request: dict) -> None:
     import types
 
     args = request["args"]
+    # sys.path[0] as `python` sets it: the folder for -m, "" for -c, the script's folder; then PYTHONPATH
+    first = {"-m": os.getcwd(), "-c": ""}.get(args[0], str(Path(args[0]).resolve().parent))
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    base = _interpreter_path()
+    sys.path[:] = [first, *extra, *_interpreter_path()]
     if args[0] == "-m":
-        sys.path[:] = [os.getcwd(), *extra, *base]
         sys.argv = args[1:]
         runpy._run_module_as_main(args[1], alter_argv=True)
     elif args[0] == "-c":
-        sys.path[:] = ["", *extra, *base]
         sys.argv = ["-c", *args[2:]]
         main = types.ModuleType("__main__")
         sys.modules["__main__"] = main
         exec(compile(args[1], "<string>", "exec"), main.__dict__)
     else:
-        sys.path[:] = [str(Path(args[0]).resolve().parent), *extra, *base]
         sys.argv = list(args)
         runpy.run_path(args[0], run_name="__main__")
 
