@@ -36,7 +36,8 @@ replicate_sample(Path('../shared/paddy-sample'), Path('$data'), 1320, 100)" >"$o
 
 checks() { # the training tests on CUDA (in the background: the probes beside them read their own peak)
     local tests=(tests/test_model_files.py tests/test_accumulation.py tests/test_train_integration.py
-        tests/test_recipe_training.py tests/test_data_paths.py tests/test_teachers.py tests/test_resilience.py)
+        tests/test_recipe_training.py tests/test_data_paths.py tests/test_teachers.py tests/test_resilience.py
+        tests/test_processes.py)
     step tests 180 "$py" -m pytest -n 6 -p no:cacheprovider -q "${tests[@]}" &
 }
 

@@ -2,10 +2,11 @@
 
 Three ways in, one engine. `torchrun --nproc_per_node=N -m pipeline.train ...` starts N ranks itself;
 `train.devices=N` starts them from the command, through the engine torchrun uses (`launch`: torch's
-elastic_launch, one local node); a SLURM job of N tasks (launchers/slurm) exports each task's rank from
-submitit. Every rank then runs the same job (pipeline.training.jobs) and builds the same Learner
-(training/learner.run_learner); `group` joins the process group (nccl on CUDA, one GPU per LOCAL_RANK;
-gloo on the CPU, cores / ranks threads each).
+elastic_launch, one local node; the ranks start as forks of a forkserver that has imported the libraries,
+training/processes); a SLURM job of N tasks (launchers/slurm) exports each task's rank from submitit. Every
+rank then runs the same job (pipeline.training.jobs) and builds the same Learner
+(training/learner.run_learner); `group` joins the process group (nccl on CUDA, one GPU per LOCAL_RANK; gloo on
+the CPU, cores / ranks threads each).
 
 The run: `data_parallel` wraps the model in DistributedDataParallel for each training epoch and gives each
 rank every W-th image of the epoch's shuffled order (`ShardedDL`, fastai's DistributedDL with rank 0's
@@ -34,6 +35,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.errors import PipelineError
+from pipeline.training import processes
 
 if TYPE_CHECKING:
     from fastai.callback.core import Callback
@@ -425,7 +427,7 @@ def launch(devices: int, train: Callable[..., T], cfg: Any, *args: Any) -> T:
         rdzv_endpoint="localhost:0",
         max_restarts=0,
         monitor_interval=0.1,
-        start_method="spawn",
+        start_method=processes.start_method(),
     )
     from pipeline.training.learner import pick_device
 

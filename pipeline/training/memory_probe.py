@@ -3,15 +3,14 @@ steps on a small subset (the smallest class, topped up to a full batch) at the r
 training's own data path (pipeline.training.learner.run_learner), and read the peak memory.
 
 On CUDA the peak is torch.cuda.max_memory_allocated, reset between settings. On the CPU it is the
-peak resident memory of a child process per setting, so that one setting's memory does not leak
-into the next one's figure.
+peak resident memory of a child process per setting (training/processes), so that one setting's memory
+does not leak into the next one's figure.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing
 import signal
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from pipeline.data.competition import Competition
 from pipeline.errors import PipelineError, one_line
 from pipeline.fileio import write_atomic
 from pipeline.tables import format_table
+from pipeline.training import processes
 from pipeline.training.specs import RunSpec
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def peak_memory_gb(cfg: Any, comp: Competition, run: RunSpec, device: str, timm_
         # what the caching allocator held: nearer the process's figure in nvidia-smi, which adds the CUDA context
         log.info("%s at accum %d: peak reserved %.2f GB", run.name, run.accum, torch.cuda.max_memory_reserved() / GB)
         return torch.cuda.max_memory_allocated() / GB
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no memory inherited from this one
+    ctx = processes.context()  # a clean process, not a fork of this one: nothing of its memory in the peak
     queue = ctx.Queue()
     child = ctx.Process(target=_child, args=(cfg, comp, run, timm_kwargs, queue))
     child.start()
