@@ -27,10 +27,11 @@ def _run(target):
     child = ctx.Process(target=target, args=(queue,))
     child.start()
     try:
-        return queue.get(timeout=120)
+        result = queue.get(timeout=120)
     finally:
         child.join(timeout=60)
-        assert child.exitcode == 0
+    assert child.exitcode == 0  # after the join, not in its finally: a failed get keeps its own error
+    return result
 
 
 def test_a_child_starts_with_the_libraries_imported_and_nothing_of_this_process(monkeypatch):
