@@ -21,6 +21,14 @@ class OutOfMemoryOnce(Callback):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
 
 
+class OutOfMemory(Callback):
+    """Raises CUDA's out-of-memory error at every training batch, on every rank: a micro-batch that never fits."""
+
+    def before_batch(self) -> None:
+        if self.training:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+
+
 class SlowBatches(Callback):
     """Sleeps after every training batch, so a test can interrupt a run while it trains. With `after`, only
     once a file matching that pattern exists (a checkpoint): the stretch the test interrupts is slow, the

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -195,6 +196,35 @@ def test_time_budget_kill_of_a_rank_and_resume_with_a_finished_run_skipped(ddp_r
     assert f"run {RUN}: already trained with this config" in log
     assert predictions.load(outputs / "preds" / "tiny_long_sgd_seed0.pt").environment["world_size"] == 2
     assert not list((outputs / "checkpoints").iterdir())
+
+
+@pytest.mark.xdist_group("ddp_runs")  # with the suite's other elastic launches, whose torchelastic_* it would count
+def test_a_rank_out_of_memory_is_one_line_from_its_error_file_and_the_launch_leaves_nothing_in_tmp(
+    demo_root, weights_dir, tmp_path
+):
+    """Under train.devices=2 an out-of-memory error ends its rank (no retry under DDP); the command's one line is
+    the rank's own error, read from the error file in the elastic agent's log folder, which goes with the launch."""
+    oom = ", {_target_: tests.callbacks.OutOfMemory}"
+    args = overrides(demo_root, weights_dir, tmp_path / "outputs", callbacks=oom)
+    elastic = set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
+    out = warm_python.run(
+        [sys.executable, "-m", "pipeline.train", "train.devices=2", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, out.stderr[-3000:]
+    assert re.fullmatch(
+        rf"error: rank [01] of 2: run {RUN} failed: OutOfMemoryError: CUDA out of memory\. .*; "
+        r"under DDP the out-of-memory retry is off .*; the other ranks were stopped\. .*run the same command again "
+        r"to continue",
+        lines[0],
+    ), lines[0]
+    assert set(Path(tempfile.gettempdir()).glob("torchelastic_*")) == elastic
 
 
 def test_a_slurm_job_of_two_tasks_trains_one_kfold_run_with_lr_find_on_two_ranks_and_resumes_when_requeued(

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import socket
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from fastai.callback.core import Callback
     from fastai.data.load import DataLoader
     from fastai.learner import Learner
+    from torch.distributed.launcher.api import LaunchConfig
 
     from pipeline.training.specs import RunSpec
 
@@ -410,25 +412,12 @@ def launch(devices: int, train: Callable[..., T], cfg: Any, *args: Any) -> T:
     """train.devices=N: `train(cfg, *args)` on N ranks of this machine, started and watched by torch's elastic
     agent as torchrun starts them (elastic_launch, the engine under torchrun --standalone); rank 0's
     result. A rank that fails stops the others: one line says which and why."""
-    import uuid
-
     import torch
     from hydra.core.hydra_config import HydraConfig
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import elastic_launch
 
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=devices,
-        run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
-        max_restarts=0,
-        monitor_interval=0.1,
-        start_method=processes.start_method(),
-    )
     from pipeline.training.learner import pick_device
 
     needs_accelerate()
@@ -442,7 +431,10 @@ def launch(devices: int, train: Callable[..., T], cfg: Any, *args: Any) -> T:
     for logger in quiet:
         logger.setLevel(logging.CRITICAL)
     try:
-        return elastic_launch(config, _rank_main)(hydra, train, cfg, *args)[0]
+        # the agent's per-rank folders hold the ranks' error files, read into ChildFailedError before it is raised;
+        # left to torch, each launch would leave an empty torchelastic_* folder in /tmp
+        with tempfile.TemporaryDirectory(prefix="torchelastic_") as logs:
+            return elastic_launch(_launch_config(devices, logs), _rank_main)(hydra, train, cfg, *args)[0]
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         raise PipelineError(
@@ -454,6 +446,27 @@ def launch(devices: int, train: Callable[..., T], cfg: Any, *args: Any) -> T:
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
+
+
+def _launch_config(devices: int, logs: str) -> LaunchConfig:
+    """torchrun --standalone's settings for `devices` ranks on this machine, no restarts, the agent's logs in `logs`."""
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.launcher.api import LaunchConfig
+
+    return LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=devices,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method=processes.start_method(),
+        logs_specs=DefaultLogsSpecs(log_dir=logs),
+    )
 
 
 def failed_rank(rank: int, size: int, failure: Any) -> str:
