@@ -203,7 +203,8 @@ def test_a_rank_out_of_memory_is_one_line_from_its_error_file_and_the_launch_lea
     demo_root, weights_dir, tmp_path
 ):
     """Under train.devices=2 an out-of-memory error ends its rank (no retry under DDP); the command's one line is
-    the rank's own error, read from the error file in the elastic agent's log folder, which goes with the launch."""
+    the rank's own error, read from the error file in the elastic agent's log folder, which goes with the launch,
+    and names the file in the job's folder that keeps that rank's traceback."""
     oom = ", {_target_: tests.callbacks.OutOfMemory}"
     args = overrides(demo_root, weights_dir, tmp_path / "outputs", callbacks=oom)
     elastic = set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
@@ -218,12 +219,17 @@ def test_a_rank_out_of_memory_is_one_line_from_its_error_file_and_the_launch_lea
     assert out.returncode == 2, out.stderr[-3000:]
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, out.stderr[-3000:]
-    assert re.fullmatch(
-        rf"error: rank [01] of 2: run {RUN} failed: OutOfMemoryError: CUDA out of memory\. .*; "
-        r"under DDP the out-of-memory retry is off .*; the other ranks were stopped\. .*run the same command again "
-        r"to continue",
+    said = re.fullmatch(
+        rf"error: rank (?P<rank>[01]) of 2: run {RUN} failed: OutOfMemoryError: CUDA out of memory\. .*; "
+        r"under DDP the out-of-memory retry is off .* \(traceback: (?P<path>\S+)\); the other ranks were stopped\. "
+        r".*run the same command again to continue",
         lines[0],
-    ), lines[0]
+    )
+    assert said, lines[0]
+    saved = Path(said["path"])  # rank 0's under the run's name, another rank's with its number
+    assert saved.name == (f"{RUN}.traceback.txt" if said["rank"] == "0" else f"{RUN}.rank1.traceback.txt")
+    text = saved.read_text()
+    assert text.startswith("Traceback") and "`before_batch`:\n\tCUDA out of memory. Tried to allocate" in text, text
     assert set(Path(tempfile.gettempdir()).glob("torchelastic_*")) == elastic
 
 

@@ -19,8 +19,9 @@ share of the images, gathered in image order (`sharded`).
 
 One writer: rank 0 alone writes prediction files, checkpoints, logs, the image cache and the job record;
 what must be the same on every rank (skip, lock, time budget, split seed, lr_find's lr) is rank 0's
-decision, broadcast (`shared`). A rank that fails ends its process; torchrun's agent (or srun, or
-`launch`) then stops the others, and the same command resumes from the last checkpoint.
+decision, broadcast (`shared`). A rank that fails saves its own traceback in the job's folder and ends its
+process; torchrun's agent (or srun, or `launch`) then stops the others, and the same command resumes from the
+last checkpoint.
 """
 
 from __future__ import annotations
@@ -57,11 +58,12 @@ WORKER_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=none")
 class RankFailed(PipelineError):
     """A run failed on this rank of a group. The process ends, even in a sweep's job (`ends_process`): the
     other ranks wait for it in a collective, and its end is what makes torchrun's agent, srun or `launch`
-    stop them. The same command resumes the run from its last epoch checkpoint."""
+    stop them. The same command resumes the run from its last epoch checkpoint. `saved`: where this rank's
+    traceback went, said at the end of the one line."""
 
     ends_process = True
 
-    def __init__(self, run: RunSpec, error: BaseException) -> None:
+    def __init__(self, run: RunSpec, error: BaseException, saved: str = "") -> None:
         import torch
 
         from pipeline.errors import one_line
@@ -72,7 +74,7 @@ class RankFailed(PipelineError):
                 "; under DDP the out-of-memory retry is off (every rank would have to retry at once): spread the "
                 "batch over more ranks, or set train.accum higher (a new run: its hash changes)"
             )
-        super().__init__(f"rank {WORLD.rank} of {WORLD.size}: run {run.name} failed: {one_line(error)}{hint}")
+        super().__init__(f"rank {WORLD.rank} of {WORLD.size}: run {run.name} failed: {one_line(error)}{hint}{saved}")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from pipeline.data.layout import Layout
 from pipeline.data.splits import check_training_batch
 from pipeline.data.train_csv import read_aux_targets
 from pipeline.errors import PipelineError, one_line
-from pipeline.fileio import DiskFull
+from pipeline.fileio import DiskFull, write_atomic
 from pipeline.predictions import Predictions, load, save
 from pipeline.tables import format_table
 from pipeline.training import distributed
@@ -300,15 +300,10 @@ class TrainingJob:
         disk, which every later run would hit too (the job stops), and any failure on a rank of a group,
         whose process ends (the other ranks wait for it in a collective; their launcher stops them)."""
         if distributed.WORLD.distributed:
+            saved = save_traceback(run.name)  # on every rank: the rank that failed first need not be rank 0
             if distributed.WORLD.main:
-                log.error(
-                    "run %s failed after %.1f min on rank 0: %s%s",
-                    run.name,
-                    minutes,
-                    one_line(e),
-                    save_traceback(run.name),
-                )
-            raise distributed.RankFailed(run, e) from e
+                log.error("run %s failed after %.1f min on rank 0: %s%s", run.name, minutes, one_line(e), saved)
+            raise distributed.RankFailed(run, e, saved) from e
         if isinstance(e, DiskFull):  # the job stops, its one line says why
             kept = f"; its checkpoint is kept in {ckpt.folder}: the same command resumes from it" if ckpt else NOT_KEPT
             log.error("run %s: %s%s", run.name, e, kept)
@@ -410,13 +405,15 @@ def aux_errors(preds: Predictions) -> dict[str, float]:
 
 
 def save_traceback(run_name: str) -> str:
-    """Keep the full traceback in the job's Hydra folder (the console gets one line); where it went."""
+    """Keep the full traceback in the job's Hydra folder (the console gets one line), a file per rank of a
+    group; where it went."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return ""
-    path = Path(HydraConfig.get().runtime.output_dir) / f"{run_name}.traceback.txt"
-    path.write_text(traceback.format_exc())
+    world = distributed.WORLD
+    name = run_name if world.main else f"{run_name}.rank{world.rank}"
+    path = write_atomic(Path(HydraConfig.get().runtime.output_dir) / f"{name}.traceback.txt", traceback.format_exc())
     return f" (traceback: {path})"
 
 
