@@ -8,25 +8,29 @@ import torch
 from fastai.callback.core import Callback
 
 
-class OutOfMemoryOnce(Callback):
+class OutOfMemory(Callback):
+    """Raises CUDA's out-of-memory error at every training batch, on every rank: a micro-batch that never fits."""
+
+    def before_batch(self) -> None:
+        if self.training and self.fires():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+
+    def fires(self) -> bool:
+        return True
+
+
+class OutOfMemoryOnce(OutOfMemory):
     """Raises CUDA's out-of-memory error at the first training batch of the first attempt only
     (`flag` marks that it fired), as a GPU that cannot hold the micro-batch would."""
 
     def __init__(self, flag: str) -> None:
         self.flag = Path(flag)
 
-    def before_batch(self) -> None:
-        if self.training and not self.flag.exists():
-            self.flag.touch()
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
-
-
-class OutOfMemory(Callback):
-    """Raises CUDA's out-of-memory error at every training batch, on every rank: a micro-batch that never fits."""
-
-    def before_batch(self) -> None:
-        if self.training:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+    def fires(self) -> bool:
+        if self.flag.exists():
+            return False
+        self.flag.touch()
+        return True
 
 
 class SlowBatches(Callback):
